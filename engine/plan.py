@@ -1,0 +1,175 @@
+"""From a spec to a plan: sweeps expanded into concrete cells, each with a content key.
+
+A *point* assigns one value to every swept field (cartesian product over sweeps, with zipped
+groups moving together). At each point every source gets one *cell*: one SAE trained on that
+source. A cell's key hashes what determines its bytes — the root seed, the concrete source,
+the concrete SAE settings (with the dictionary size resolved), evaluation and determinism
+context — and nothing else: not its position in the sweep, not which cells share its batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import attrs
+
+from engine import convert, schema
+from engine.errors import Problem, SpecError
+from engine.hashing import CELL_KEY_VERSION, SOURCE_KEY_VERSION, tagged_hash
+from engine.spec import parse_path, spec_hash, sweep_fields
+from engine.yamlio import format_path
+
+
+@attrs.frozen
+class SAEConfig:
+    """Concrete settings of one SAE (no sweeps; dictionary size resolved)."""
+
+    kind: str
+    m: int
+    l1: float
+    init: str
+    decoder_bias: bool
+    seed: int
+    steps: int
+    batch: int
+    lr: float
+
+
+@attrs.frozen
+class SourcePlan:
+    name: str  # the spec's name for it (with a key suffix when a sweep makes several)
+    spec_name: str
+    config: Any  # concrete ToySource | LMSource
+    key: str
+    width: int  # input width of the SAEs trained on it
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+
+@attrs.frozen
+class Cell:
+    id: str
+    key: str
+    source: SourcePlan
+    sae: SAEConfig
+    params: dict  # swept values at this point, for people: {"sae.l1": 0.1, ...}
+
+    @property
+    def group(self) -> tuple:
+        """Cells with equal groups can train as one batched ensemble."""
+        s = self.sae
+        return (self.source.key, s.kind, s.m, s.batch, s.steps, s.lr, s.decoder_bias)
+
+
+@attrs.frozen
+class Plan:
+    spec: schema.Spec
+    spec_hash: str
+    sources: tuple[SourcePlan, ...]
+    cells: tuple[Cell, ...]
+
+    def cells_of(self, source: SourcePlan) -> list[Cell]:
+        return [c for c in self.cells if c.source.key == source.key]
+
+
+def _set(obj, path: tuple, value):
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(obj, dict):
+        return {**obj, head: _set(obj[head], rest, value)}
+    return attrs.evolve(obj, **{head: _set(getattr(obj, head), rest, value)})
+
+
+def points(spec: schema.Spec) -> list[dict[tuple, Any]]:
+    """Every assignment of values to swept fields, in a stable order."""
+    fields = sweep_fields(spec)
+    values = {p: [convert.sweep_value(v, inner) for v in sweep.values()] for p, sweep, inner in fields}
+    zipped = {parse_path(t): g for g, group in enumerate(spec.zip) for t in group}
+    axes: list[list[dict]] = []
+    done: set[int] = set()
+    for path, _, _ in fields:
+        g = zipped.get(path)
+        if g is None:
+            axes.append([{path: v} for v in values[path]])
+        elif g not in done:
+            done.add(g)
+            paths = [parse_path(t) for t in spec.zip[g]]
+            axes.append([dict(zip(paths, vs)) for vs in zip(*(values[p] for p in paths))])
+    return [dict(kv for d in combo for kv in d.items()) for combo in itertools.product(*axes)]
+
+
+def source_width(src) -> int:
+    if isinstance(src, schema.ToySource):
+        return src.dim
+    site = src.site
+    return src.model.d_mlp if ".mlp." in site else src.model.d_model
+
+
+def source_key(seed: int, src) -> str:
+    return tagged_hash(SOURCE_KEY_VERSION, {"seed": seed, "source": convert.unstructure(src)})
+
+
+def make_plan(spec: schema.Spec) -> Plan:
+    problems: list[tuple[tuple, str]] = []
+    sources: dict[str, SourcePlan] = {}
+    cells: dict[str, Cell] = {}
+    pts = points(spec)
+    for name, _ in spec.sources.items():
+        variants = {}
+        for point in pts:
+            src = _substitute(spec, point).sources[name]
+            variants.setdefault(source_key(spec.seed, src), src)
+        for key, src in variants.items():
+            label = name if len(variants) == 1 else f"{name}-{key[:8]}"
+            sources[key] = SourcePlan(label, name, src, key, source_width(src))
+
+    for point in pts:
+        concrete = _substitute(spec, point)
+        for name, src in concrete.sources.items():
+            sp = sources[source_key(spec.seed, src)]
+            sae = concrete.sae
+            if sae.dict_size is not None:
+                m = sae.dict_size
+            else:
+                base = src.n_features if isinstance(src, schema.ToySource) else sp.width
+                m = round(sae.dict_ratio * base)
+                if m < 1:
+                    problems.append((("sae", "dict_ratio"), f"ratio {sae.dict_ratio:g} of {base} gives a dictionary of {m} atoms for source {name!r}"))
+                    continue
+            cfg = SAEConfig(
+                kind=sae.kind, m=m, l1=sae.l1, init=sae.init, decoder_bias=sae.decoder_bias, seed=sae.seed,
+                steps=sae.train.steps, batch=sae.train.batch, lr=sae.train.lr,
+            )
+            key = tagged_hash(
+                CELL_KEY_VERSION,
+                {
+                    "seed": spec.seed,
+                    "source": sp.key,
+                    "sae": convert.unstructure(cfg),
+                    "eval": convert.unstructure(spec.eval),
+                    "run": convert.unstructure(spec.run),
+                },
+            )
+            params = {format_path(p): v for p, v in point.items() if p[0] == "sae" or p[:2] == ("sources", name)}
+            params["m"] = m
+            cells.setdefault(key, Cell(f"{sp.name}-{key[:12]}", key, sp, cfg, params))
+    if problems:
+        seen = set()
+        unique = [p for p in problems if not (p in seen or seen.add(p))]
+        raise SpecError([Problem("<plan>", None, None, format_path(p), m) for p, m in unique])
+    return Plan(spec, spec_hash(spec), tuple(sources.values()), tuple(cells.values()))
+
+
+def _substitute(spec: schema.Spec, point: dict) -> schema.Spec:
+    for path, value in point.items():
+        spec = _set(spec, path, value)
+    return spec
+
+
+def step_flops(cell: Cell) -> float:
+    """FLOPs of one training step: the five B x d x m matrix products (2 FLOPs per MAC)."""
+    return 10.0 * cell.sae.batch * cell.source.width * cell.sae.m

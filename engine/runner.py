@@ -1,0 +1,300 @@
+"""Run a plan: prepare sources, train the cells not yet finished, analyse, write the bundle."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import attrs
+import torch
+
+from engine import analyses, figures, provenance
+from engine import tensors as tensors_io
+from engine.bundle import BundleWriter, verify
+from engine.cellstore import CellStore
+from engine.errors import BundleError, CellFailure
+from engine.hashing import stable_json
+from engine.plan import Cell, Plan, SourcePlan, make_plan, step_flops
+from engine.seeding import torch_generator
+from engine.spec import dump_spec, resolved
+from engine.sources import PreparedSource, ToySourceData
+from sae.init import init_weights
+from sae.metrics import evaluate
+from sae.relu_l1 import ReluL1
+from sae.train import train
+
+MAX_GROUP_PARAMS = 1 << 24  # members of a batched group hold at most this many weights together
+
+
+@attrs.frozen
+class Outcome:
+    path: Path
+    status: str  # "created" | "cached"
+    meta: dict
+    notes: tuple[str, ...] = ()
+    trained: int = 0
+    reused: int = 0
+
+
+class RunFailed(Exception):
+    """Some cells failed; the finished ones are kept and a rerun retries only the failed."""
+
+    def __init__(self, failures: list[CellFailure]):
+        self.failures = failures
+        super().__init__("; ".join(str(f) for f in failures))
+
+
+Log = Callable[[str], None]
+
+
+def configure_torch(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # can only be set once per process, before any parallel work
+        pass
+    torch.use_deterministic_algorithms(True)
+
+
+def bundle_path(results: Path, plan: Plan) -> Path:
+    return results / f"{plan.spec.name}-{plan.spec_hash[:12]}"
+
+
+def prepare_source(sp: SourcePlan, plan: Plan, results: Path, log: Log) -> PreparedSource:
+    if sp.kind == "toy":
+        return ToySourceData(sp, plan.spec.seed, plan.spec.eval.samples)
+    from engine.lm_source import LMSourceData
+
+    return LMSourceData(sp, plan.spec, results, log)
+
+
+def run(plan: Plan, results: Path, *, rerun: bool = False, log: Log = lambda s: None) -> Outcome:
+    results = Path(results)
+    final = bundle_path(results, plan)
+    code = provenance.code_info()
+    if final.exists() and not rerun:
+        cached = _cached(final, code)
+        if cached is not None:
+            return cached
+
+    configure_torch(plan.spec.run.threads)
+    store = CellStore(results / ".cells")
+    todo = [c for c in plan.cells if store.done(c.key) is None]
+    reused = len(plan.cells) - len(todo)
+    if reused:
+        log(f"{reused} of {len(plan.cells)} cells already finished (reused from {store.root})")
+
+    t0 = time.perf_counter()
+    prepared: dict[str, PreparedSource] = {}
+    timings: dict[str, float] = {}
+    for sp in plan.sources:
+        t = time.perf_counter()
+        prepared[sp.key] = prepare_source(sp, plan, results, log)
+        timings[f"source:{sp.name}"] = round(time.perf_counter() - t, 3)
+
+    failures: list[CellFailure] = []
+    groups = make_groups(todo)
+    for gi, group in enumerate(groups, 1):
+        src = prepared[group[0].source.key]
+        label = f"[group {gi}/{len(groups)}] {group[0].source.name} m={group[0].sae.m} x{len(group)}"
+        t = time.perf_counter()
+        try:
+            files = train_group(group, src, plan)
+        except CellFailure as f:
+            failures.append(f)
+            log(f"{label}: FAILED {f.reason}")
+            continue
+        for cell, cell_files in zip(group, files):
+            store.put(cell.key, cell_files, code)
+        timings[f"group:{gi}"] = round(time.perf_counter() - t, 3)
+        log(f"{label}: {time.perf_counter() - t:.1f}s")
+    if failures:
+        raise RunFailed(failures)
+
+    meta, published = write_bundle(plan, final, prepared, store, code, timings, t0)
+    if not published:
+        log(f"another run published {final.name} first; using it")
+        return _cached(final, code) or Outcome(final, "cached", meta)
+    return Outcome(final, "created", meta, trained=len(todo), reused=reused)
+
+
+def _cached(final: Path, code: dict) -> Outcome | None:
+    try:
+        v = verify(final)
+    except BundleError:
+        raise
+    if not v.ok:
+        raise BundleError(
+            f"{final}: exists but fails verification ({len(v.changed)} changed, {len(v.missing)} missing, "
+            f"{len(v.extra)} extra files); run `sae-run --verify {final}` for details, or --rerun to replace it"
+        )
+    notes = []
+    made_by = v.meta.get("code", {}).get("fingerprint")
+    if made_by != code["fingerprint"]:
+        notes.append(
+            f"note: this bundle was made by other code (fingerprint {str(made_by)[:12]}, now {code['fingerprint'][:12]}); "
+            "pass --rerun to recompute it with this code"
+        )
+    return Outcome(final, "cached", v.meta, tuple(notes))
+
+
+def make_groups(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells sharing source, size, batch, steps and lr, in chunks that fit MAX_GROUP_PARAMS."""
+    by_group: dict[tuple, list[Cell]] = defaultdict(list)
+    for c in cells:
+        by_group[c.group].append(c)
+    out = []
+    for members in by_group.values():
+        per_member = 2 * members[0].sae.m * members[0].source.width
+        size = max(1, MAX_GROUP_PARAMS // per_member)
+        out += [members[i : i + size] for i in range(0, len(members), size)]
+    return out
+
+
+def _member(model: ReluL1, e: int) -> ReluL1:
+    return ReluL1.from_member_tensors([model.member_tensors(e)], l1=model.l1[e : e + 1])
+
+
+def _scalars(metrics: dict) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        v = v.item() if isinstance(v, torch.Tensor) else v
+        out[k] = int(v) if k in ("dead", "recovered_0.9") else float(v)
+    return out
+
+
+def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> list[dict[str, bytes]]:
+    """Train cells as one ensemble. Returns per cell the files of its cell-store entry."""
+    seed = plan.spec.seed
+    d, first = src.plan.width, cells[0].sae
+    weights = []
+    for c in cells:
+        samples = None
+        if c.sae.init == "data_samples":
+            samples = src.init_samples(c.sae.m, torch_generator(seed, "sae_init_data", c.key))
+        weights.append(init_weights(c.sae.init, d, c.sae.m, torch_generator(seed, "sae_init", c.key), samples))
+    model = ReluL1(
+        torch.stack([w[0] for w in weights]),
+        torch.stack([w[1] for w in weights]),
+        torch.stack([w[2] for w in weights]),
+        l1=torch.tensor([c.sae.l1 for c in cells], dtype=torch.float32),
+        decoder_bias=first.decoder_bias,
+    )
+
+    def evaluate_members(m: ReluL1) -> dict[str, torch.Tensor]:
+        # member by member, so a cell's numbers never depend on its batch-mates
+        per = [evaluate(_member(m, e), src.eval_x, src.truth) for e in range(len(cells))]
+        return {k: torch.cat([p[k].reshape(1) for p in per]) for k in per[0]}
+
+    try:
+        curves = train(model, src.batches(first.batch), first.steps, first.lr, evaluate_members, plan.spec.eval.curve_every)
+    except FloatingPointError as e:
+        raise CellFailure(",".join(c.id for c in cells), str(e)) from None
+
+    out = []
+    for e, cell in enumerate(cells):
+        single = _member(model, e)
+        metrics = _scalars(evaluate(single, src.eval_x, src.truth))
+        metrics.update(src.cell_metrics(lambda x, s=single: s(x)[0][0]))
+        member_curves = {k: [float(v[e]) if not isinstance(v, (int, float)) else v for v in vals] if k != "step" else list(vals) for k, vals in curves.items()}
+        cell_json = {
+            "key": cell.key,
+            "source_key": cell.source.key,
+            "sae": attrs.asdict(cell.sae),
+            "metrics": metrics,
+            "curves": member_curves,
+        }
+        tensors = {k: v.contiguous() for k, v in single.member_tensors(0).items()}
+        out.append(
+            {
+                "sae.safetensors": tensors_io.to_bytes(tensors, {"format": "relu_l1/v1", "cell_key": cell.key}),
+                "cell.json": stable_json(cell_json).encode(),
+            }
+        )
+    return out
+
+
+def write_bundle(plan, final, prepared, store: CellStore, code, timings, t0) -> tuple[dict, bool]:
+    spec = plan.spec
+    w = BundleWriter(final)
+    try:
+        w.write_text("spec.yaml", dump_spec(spec))
+        cells_meta, full_metrics, atoms = {}, {}, {}
+        for cell in plan.cells:
+            d = store.dir(cell.key)
+            for name in ("sae.safetensors", "cell.json"):
+                w.add_file(f"cells/{cell.id}/{name}", d / name)
+            cj = store.read_json(cell.key)
+            cells_meta[cell.id] = {
+                "source": cell.source.name,
+                "key": cell.key,
+                "params": cell.params,
+                "sae": cj["sae"],
+                "metrics": analyses.select(cj["metrics"], spec.analyses),
+            }
+            full_metrics[cell.id] = cj["metrics"]
+            atoms[cell.id] = tensors_io.from_bytes((d / "sae.safetensors").read_bytes())["decoder"]
+        sources = {}
+        for sp in plan.sources:
+            src = prepared[sp.key]
+            for name, data in src.files().items():
+                if isinstance(data, Path):
+                    w.add_file(f"sources/{sp.name}/{name}", data)
+                else:
+                    w.write_bytes(f"sources/{sp.name}/{name}", data)
+            sources[sp.name] = src.info()
+        cross = analyses.cross_cell(plan, cells_meta, full_metrics, atoms, spec.analyses)
+        metrics = {
+            "schema": 1,
+            "spec_hash": plan.spec_hash,
+            "conventions": analyses.CONVENTIONS,
+            "sources": sources,
+            "cells": cells_meta,
+            "analyses": cross,
+        }
+        w.write_json("metrics.json", metrics)
+        for name, png in figures.render(plan, metrics).items():
+            w.write_bytes(f"report/{name}", png)
+        meta = {
+            "name": spec.name,
+            "spec_hash": plan.spec_hash,
+            "cells": {c.id: c.key for c in plan.cells},
+            "code": code,
+            "environment": provenance.environment(spec.run.threads),
+        }
+        run_info = {
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "timings": timings,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "python": platform.python_version(),
+        }
+        return w.finish(meta, run_info)
+    except BaseException:
+        w.abandon()
+        raise
+
+
+def dry_run_lines(plan: Plan) -> list[str]:
+    spec = plan.spec
+    lines = [f"spec {spec.name}  hash {plan.spec_hash[:12]}  seed {spec.seed}  threads {spec.run.threads}"]
+    for sp in plan.sources:
+        lines.append(f"source {sp.name}: {sp.kind}, width {sp.width}, key {sp.key[:12]}")
+    total = 0.0
+    for c in plan.cells:
+        flops = step_flops(c) * c.sae.steps
+        total += flops
+        params = ", ".join(f"{k}={v}" for k, v in c.params.items() if k != "m")
+        lines.append(f"  {c.id}  m={c.sae.m} steps={c.sae.steps} batch={c.sae.batch}  {params}  ({flops / 1e9:.1f} GFLOP)")
+    lines.append(f"{len(plan.cells)} cells in {len(make_groups(list(plan.cells)))} groups, {total / 1e12:.2f} TFLOP of SAE training")
+    return lines
+
+
+__all__ = ["run", "make_plan", "dry_run_lines", "Outcome", "RunFailed", "bundle_path"]

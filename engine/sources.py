@@ -1,0 +1,85 @@
+"""Data sources prepared for SAE training: a batch stream, an evaluation set, ground truth.
+
+A prepared source hands every group of cells its own fresh batch stream seeded only by the
+source and the batch size, so all cells on a source see the same batches whichever group
+they train in. Toy sources live here; LM sources in ``engine.lm_source``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+from engine import convert
+from engine import tensors as tensors_io
+from engine.plan import SourcePlan
+from engine.seeding import torch_generator
+from toydata import ToyData, ToyDataConfig
+
+EVAL_CHUNK = 256  # toy eval samples are drawn in batches of this size (batch correlation depends on it)
+
+
+class PreparedSource(Protocol):
+    plan: SourcePlan
+    eval_x: torch.Tensor  # [N, d]
+    truth: torch.Tensor | None  # [n_features, d] planted features, toy only
+
+    def batches(self, batch: int) -> Callable[[int], torch.Tensor]: ...
+
+    def init_samples(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def files(self) -> dict[str, bytes]: ...
+
+    def info(self) -> dict: ...
+
+    def cell_metrics(self, reconstruct: Callable[[torch.Tensor], torch.Tensor]) -> dict: ...
+
+
+class ToySourceData:
+    """A toy source: planted features, the report's generator, a fixed evaluation set."""
+
+    def __init__(self, plan: SourcePlan, seed: int, eval_samples: int):
+        self.plan = plan
+        self.seed = seed
+        cfg = plan.config
+        self.data = ToyData.build(
+            ToyDataConfig(
+                n_features=cfg.n_features,
+                dim=cfg.dim,
+                active_per_sample=cfg.active_per_sample,
+                decay=cfg.decay,
+                correlation=cfg.correlation,
+                correlation_rank=cfg.correlation_rank,
+                correlation_strength=cfg.correlation_strength,
+                magnitude=cfg.magnitude,
+                noise_std=cfg.noise_std,
+            ),
+            # features depend on their shape only, so sources that differ in sparsity or
+            # correlation plant the very same features
+            torch_generator(seed, "toy_features", f"{cfg.n_features}x{cfg.dim}"),
+            torch_generator(seed, "toy_structure", plan.key),
+        )
+        self.truth = self.data.features
+        g = torch_generator(seed, "toy_eval", plan.key, eval_samples)
+        chunks, left = [], eval_samples
+        while left > 0:
+            chunks.append(self.data.sample(EVAL_CHUNK, g)[0][: min(left, EVAL_CHUNK)])
+            left -= EVAL_CHUNK
+        self.eval_x = torch.cat(chunks)
+
+    def batches(self, batch: int) -> Callable[[int], torch.Tensor]:
+        g = torch_generator(self.seed, "toy_data", self.plan.key, batch)
+        return lambda step: self.data.sample(batch, g)[0]
+
+    def init_samples(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.data.sample(n, generator)[0]
+
+    def files(self) -> dict[str, bytes]:
+        return {"ground_truth.safetensors": tensors_io.to_bytes(self.data.ground_truth(), {"format": "toy-ground-truth/v1"})}
+
+    def info(self) -> dict:
+        return {"kind": "toy", "key": self.plan.key, "config": convert.unstructure(self.plan.config), "width": self.plan.width}
+
+    def cell_metrics(self, reconstruct) -> dict:
+        return {}

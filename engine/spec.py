@@ -1,0 +1,262 @@
+"""Loading a spec: strict YAML -> ``--set`` overrides -> typed ``Spec`` -> cross-field checks.
+
+Every problem found is collected and raised at once as a ``SpecError`` whose lines read
+``file:line:col: path: message``. The resolved spec (defaults filled in) dumps to YAML that
+loads back to an equal object with the same ``spec_hash``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from engine import convert, schema, yamlio
+from engine.errors import Problem, SpecError
+from engine.hashing import SPEC_HASH_VERSION, tagged_hash
+from engine.sweep import is_sweep
+from engine.yamlio import Positions, format_path
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+@attrs.frozen
+class Override:
+    """One ``--set path=value``; the value is YAML (``0.1``, ``[1, 2]``, ``{logspace: [-2, 2, 5]}``)."""
+
+    path: tuple
+    value: Any
+    text: str
+
+
+def parse_path(text: str) -> tuple | None:
+    """``sae.train.steps`` -> ('sae','train','steps'); ``sae.l1[2]`` is not settable (None)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", text):
+        return None
+    return tuple(text.split("."))
+
+
+def parse_override(text: str) -> tuple[Override | None, Problem | None]:
+    where = f"--set {text}"
+    if "=" not in text:
+        return None, Problem(where, None, None, "", "expected PATH=VALUE, e.g. sae.train.steps=500")
+    key, _, value_text = text.partition("=")
+    path = parse_path(key.strip())
+    if path is None:
+        return None, Problem(where, None, None, "", f"{key.strip()!r} is not a dotted path like sae.train.steps")
+    try:
+        value, _ = yamlio.load(value_text, where)
+    except yaml.YAMLError as e:
+        p = yamlio.yaml_problem(e, where)
+        return None, attrs.evolve(p, path=key.strip(), line=None, col=None)
+    return Override(path, value, where), None
+
+
+def _apply(raw: dict, override: Override) -> Problem | None:
+    node = raw
+    for i, key in enumerate(override.path[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            return Problem(override.text, None, None, format_path(override.path[: i + 1]), "is not a mapping, cannot set a key inside it")
+        node = child
+    node[override.path[-1]] = override.value
+    return None
+
+
+def read_text(path: Path) -> tuple[str | None, Problem | None]:
+    file = str(path)
+    if not path.exists():
+        return None, Problem(file, None, None, "", "no such file")
+    if path.is_dir():
+        return None, Problem(file, None, None, "", "is a directory, expected a YAML spec file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return None, Problem(file, None, None, "", f"cannot read: {e.strerror}")
+    if len(data) > MAX_SPEC_BYTES:
+        return None, Problem(file, None, None, "", f"is {len(data)} bytes; a spec is at most {MAX_SPEC_BYTES}")
+    if b"\0" in data:
+        return None, Problem(file, None, None, "", "is a binary file, expected YAML text")
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, Problem(file, None, None, "", f"is not UTF-8 text (bad byte at offset {e.start})")
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> schema.Spec:
+    path = Path(path)
+    text, problem = read_text(path)
+    if problem:
+        raise SpecError([problem])
+    return load_spec_text(text, str(path), overrides)
+
+
+def load_spec_text(text: str, file: str, overrides: list[str] = ()) -> schema.Spec:
+    try:
+        raw, positions = yamlio.load(text, file)
+    except yaml.YAMLError as e:
+        raise SpecError([yamlio.yaml_problem(e, file)]) from None
+    problems: list[Problem] = []
+    if raw is None:
+        raise SpecError([Problem(file, None, None, "", "empty spec: expected a mapping with name, sources and sae")])
+    if not isinstance(raw, dict):
+        raise SpecError([positions.problem((), f"expected a mapping at the top level, got {convert._describe(raw)}")])
+
+    set_paths: dict[tuple, str] = {}
+    for text_ in overrides:
+        override, problem = parse_override(text_)
+        if problem is None:
+            problem = _apply(raw, override)
+        if problem:
+            problems.append(problem)
+        else:
+            set_paths[override.path] = override.text
+    if problems:
+        raise SpecError(problems)
+
+    def locate(path: tuple, message: str, at_key: bool = False) -> Problem:
+        for set_path, where in set_paths.items():
+            inside = path[: len(set_path)] == set_path
+            created = set_path[: len(path)] == path and path not in positions.values
+            if inside or created:
+                return Problem(where, None, None, format_path(path), message)
+        return positions.problem(path, message, at_key)
+
+    spec, errors = convert.structure(raw, schema.Spec)
+    if errors:
+        raise SpecError([locate(p, m, k) for p, m, k in errors])
+    problems = [locate(p, m) for p, m in check(spec)]
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+# ------------------------------------------------------------------ cross-field rules
+
+
+def sweep_fields(obj, path: tuple = ()) -> list[tuple[tuple, Any, Any]]:
+    """Every swept field below ``obj``: ``(path, sweep, inner_type)`` in document order."""
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += sweep_fields(v, path + (k,))
+    elif attrs.has(type(obj)):
+        hints = attrs.resolve_types(type(obj))
+        for f in attrs.fields(hints):
+            value = getattr(obj, f.name)
+            if is_sweep(value):
+                out.append((path + (f.name,), value, _sweepable_inner(f.type)))
+            else:
+                out += sweep_fields(value, path + (f.name,))
+    return out
+
+
+def _sweepable_inner(t):
+    from typing import get_args, get_origin
+
+    if get_origin(t) is schema.Sweepable:
+        return get_args(t)[0]
+    for arg in get_args(t):  # Optional[Sweepable[T]]
+        if get_origin(arg) is schema.Sweepable:
+            return get_args(arg)[0]
+    raise TypeError(f"{t} is not sweepable")
+
+
+def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
+    """Rules that span fields; each problem as ``(path, message)``."""
+    out: list[tuple[tuple, str]] = []
+    sae = spec.sae
+    if (sae.dict_ratio is None) == (sae.dict_size is None):
+        which = "both" if sae.dict_ratio is not None else "neither"
+        out.append((("sae",), f"give exactly one of dict_ratio or dict_size (got {which})"))
+    for name, src in spec.sources.items():
+        if isinstance(src, schema.LMSource):
+            out += _check_lm(src, ("sources", name))
+            bases = _values(src.model.d_mlp) + _values(src.model.d_model)
+        else:
+            bases = _values(src.n_features)
+        if sae.dict_ratio is not None:
+            smallest = min(_values(sae.dict_ratio)) * min(bases)
+            if round(smallest) < 1:
+                out.append((("sae", "dict_ratio"), f"ratio {min(_values(sae.dict_ratio)):g} gives a dictionary of {round(smallest)} atoms for source {name!r}"))
+    if not spec.analyses:
+        out.append((("analyses",), "expected at least one analysis"))
+    seen = set()
+    for i, a in enumerate(spec.analyses):
+        if a in seen:
+            out.append((("analyses", i), f"{a!r} is listed twice"))
+        seen.add(a)
+
+    swept = {p: s for p, s, _ in sweep_fields(spec)}
+    grouped: dict[tuple, int] = {}
+    for g, group in enumerate(spec.zip):
+        if len(group) < 2:
+            out.append((("zip", g), "a zip group needs at least two paths"))
+        lengths = {}
+        for i, text in enumerate(group):
+            path = parse_path(text)
+            if path is None or path not in swept:
+                known = ", ".join(format_path(p) for p in swept) or "none"
+                out.append((("zip", g, i), f"{text!r} is not a swept field (swept: {known})"))
+                continue
+            if path in grouped:
+                out.append((("zip", g, i), f"{text!r} is already in zip group {grouped[path]}"))
+            grouped[path] = g
+            lengths[text] = len(swept[path].values())
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k} has {v}" for k, v in lengths.items())
+            out.append((("zip", g), f"zipped sweeps must have equal lengths: {shown}"))
+    return out
+
+
+def _check_lm(src: schema.LMSource, path: tuple) -> list[tuple[tuple, str]]:
+    out = []
+    c = src.corpus
+    given = [k for k in ("builtin", "hf", "files") if getattr(c, k) is not None]
+    if len(given) != 1:
+        out.append((path + ("corpus",), f"give exactly one of builtin, hf or files (got {', '.join(given) or 'none'})"))
+    if c.files is not None and not c.files:
+        out.append((path + ("corpus", "files"), "expected at least one file"))
+    m = src.model
+    for d, h in _pairs(m.d_model, m.n_heads):
+        if d % h:
+            out.append((path + ("model", "n_heads"), f"d_model {d} is not divisible by n_heads {h}"))
+            break
+    layers = max(_values(m.n_layers))
+    for site in _values(src.site):
+        layer = int(site.split(".")[1])
+        if layer >= layers:
+            out.append((path + ("site",), f"layer {layer} does not exist: the model has {layers} layers (0-{layers - 1})"))
+    return out
+
+
+def _values(v) -> tuple:
+    return v.values() if is_sweep(v) else (v,)
+
+
+def _pairs(a, b):
+    return [(x, y) for x in _values(a) for y in _values(b)]
+
+
+# ------------------------------------------------------------------ resolved form and identity
+
+
+def resolved(spec: schema.Spec) -> dict:
+    """The spec with every default filled in, as plain data."""
+    return {"schema": schema.SCHEMA_VERSION, **convert.unstructure(spec)}
+
+
+def dump_spec(spec: schema.Spec) -> str:
+    header = f"# resolved spec (schema {schema.SCHEMA_VERSION}); `sae-run` on this file re-runs it\n"
+    data = resolved(spec)
+    data.pop("schema")
+    return header + yamlio.dump(data)
+
+
+def spec_hash(spec: schema.Spec) -> str:
+    return tagged_hash(SPEC_HASH_VERSION, resolved(spec))

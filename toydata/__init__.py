@@ -1,0 +1,7 @@
+"""Synthetic sparse-feature data with known ground truth (plain torch, no engine imports)."""
+
+from .config import ToyDataConfig
+from .features import planted_features
+from .generator import ToyData
+
+__all__ = ["ToyData", "ToyDataConfig", "planted_features"]

@@ -1,9 +1,10 @@
-"""Finished cells, kept by key under ``<results>/.cells/<key>/`` so runs resume and share them.
+"""Finished work kept by content key, so runs resume and specs share it.
 
-A cell directory holds ``sae.safetensors`` and ``cell.json`` (settings, final metrics,
-curves; nothing volatile) and ``done.json`` (file digests and the code that made it). It is
-written like a bundle: a temporary sibling, fsync, rename; a cell whose digests no longer
-match is treated as absent and recomputed.
+``<results>/.cells/<cell key>/`` holds a finished cell: ``sae.safetensors`` and ``cell.json``
+(settings, final metrics, curves; nothing volatile). ``<results>/.lm/<lm key>/`` holds a
+trained language model. Each entry also has ``done.json`` (file digests and the code that
+made it) and is written like a bundle: a temporary sibling, fsync, rename. An entry whose
+digests no longer match is treated as absent and recomputed.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from engine.hashing import sha256_bytes, sha256_file, stable_json
 CELL_FILES = ("sae.safetensors", "cell.json")
 
 
-class CellStore:
-    def __init__(self, root: Path):
+class KeyedStore:
+    def __init__(self, root: Path, files: tuple[str, ...]):
         self.root = root
+        self.file_names = files
 
     def dir(self, key: str) -> Path:
         return self.root / key
@@ -31,7 +33,7 @@ class CellStore:
         try:
             done = json.loads((d / "done.json").read_text())
             files = done["files"]
-            if done.get("key") != key or set(files) != set(CELL_FILES):
+            if done.get("key") != key or set(files) != set(self.file_names):
                 return None
             if any(sha256_file(d / name) != digest for name, digest in files.items()):
                 return None
@@ -53,5 +55,9 @@ class CellStore:
         (tmp / "done.json").write_text(stable_json(done))
         publish(tmp, final)
 
-    def read_json(self, key: str) -> dict:
-        return json.loads((self.dir(key) / "cell.json").read_text())
+    def read_json(self, key: str, name: str = "cell.json") -> dict:
+        return json.loads((self.dir(key) / name).read_text())
+
+
+def cell_store(results: Path) -> KeyedStore:
+    return KeyedStore(results / ".cells", CELL_FILES)

@@ -37,7 +37,8 @@ def summary_table(metrics: dict) -> list[str]:
     larger = metrics.get("analyses", {}).get("mmcs_larger", {})
     rows = [["cell", "m", "l1"] + [c for c in columns if any(c in cell["metrics"] for cell in metrics["cells"].values())] + (["mmcs_larger"] if larger else [])]
     shown = rows[0][3:]
-    for cid, cell in metrics["cells"].items():
+    order = sorted(metrics["cells"].items(), key=lambda kv: (kv[1]["source"], kv[1]["sae"]["m"], kv[1]["sae"]["l1"], kv[0]))
+    for cid, cell in order:
         row = [cid, str(cell["sae"]["m"]), _fmt(cell["sae"]["l1"])]
         for c in shown:
             if c == "mmcs_larger":

@@ -17,7 +17,7 @@ import torch
 from engine import analyses, figures, provenance
 from engine import tensors as tensors_io
 from engine.bundle import BundleWriter, verify
-from engine.cellstore import CellStore
+from engine.cellstore import KeyedStore, cell_store
 from engine.errors import BundleError, CellFailure
 from engine.hashing import stable_json
 from engine.plan import Cell, Plan, SourcePlan, make_plan, step_flops
@@ -27,7 +27,7 @@ from engine.sources import PreparedSource, ToySourceData
 from sae.init import init_weights
 from sae.metrics import evaluate
 from sae.relu_l1 import ReluL1
-from sae.train import train
+from sae.train import NonFiniteLoss, train
 
 MAX_GROUP_PARAMS = 1 << 24  # members of a batched group hold at most this many weights together
 
@@ -84,7 +84,7 @@ def run(plan: Plan, results: Path, *, rerun: bool = False, log: Log = lambda s: 
             return cached
 
     configure_torch(plan.spec.run.threads)
-    store = CellStore(results / ".cells")
+    store = cell_store(results)
     todo = [c for c in plan.cells if store.done(c.key) is None]
     reused = len(plan.cells) - len(todo)
     if reused:
@@ -105,12 +105,14 @@ def run(plan: Plan, results: Path, *, rerun: bool = False, log: Log = lambda s: 
         label = f"[group {gi}/{len(groups)}] {group[0].source.name} m={group[0].sae.m} x{len(group)}"
         t = time.perf_counter()
         try:
-            files = train_group(group, src, plan)
-        except CellFailure as f:
-            failures.append(f)
-            log(f"{label}: FAILED {f.reason}")
-            continue
-        for cell, cell_files in zip(group, files):
+            done, files, failed = train_group(group, src, plan)
+        except Exception as e:  # noqa: BLE001 - a cell's crash is reported, not a traceback
+            done, files = [], []
+            failed = [CellFailure(c.id, f"{type(e).__name__}: {e}") for c in group]
+        for f in failed:
+            log(f"{label}: cell {f.cell_id} FAILED: {f.reason}")
+        failures += failed
+        for cell, cell_files in zip(done, files):
             store.put(cell.key, cell_files, code)
         timings[f"group:{gi}"] = round(time.perf_counter() - t, 3)
         log(f"{label}: {time.perf_counter() - t:.1f}s")
@@ -157,10 +159,6 @@ def make_groups(cells: list[Cell]) -> list[list[Cell]]:
     return out
 
 
-def _member(model: ReluL1, e: int) -> ReluL1:
-    return ReluL1.from_member_tensors([model.member_tensors(e)], l1=model.l1[e : e + 1])
-
-
 def _scalars(metrics: dict) -> dict:
     out = {}
     for k, v in metrics.items():
@@ -169,40 +167,48 @@ def _scalars(metrics: dict) -> dict:
     return out
 
 
-def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> list[dict[str, bytes]]:
-    """Train cells as one ensemble. Returns per cell the files of its cell-store entry."""
-    seed = plan.spec.seed
-    d, first = src.plan.width, cells[0].sae
+def _initial_model(cells: list[Cell], src: PreparedSource, seed: int) -> ReluL1:
     weights = []
     for c in cells:
         samples = None
         if c.sae.init == "data_samples":
             samples = src.init_samples(c.sae.m, torch_generator(seed, "sae_init_data", c.key))
-        weights.append(init_weights(c.sae.init, d, c.sae.m, torch_generator(seed, "sae_init", c.key), samples))
-    model = ReluL1(
+        weights.append(init_weights(c.sae.init, src.plan.width, c.sae.m, torch_generator(seed, "sae_init", c.key), samples))
+    return ReluL1(
         torch.stack([w[0] for w in weights]),
         torch.stack([w[1] for w in weights]),
         torch.stack([w[2] for w in weights]),
         l1=torch.tensor([c.sae.l1 for c in cells], dtype=torch.float32),
-        decoder_bias=first.decoder_bias,
+        decoder_bias=cells[0].sae.decoder_bias,
     )
 
-    def evaluate_members(m: ReluL1) -> dict[str, torch.Tensor]:
-        # member by member, so a cell's numbers never depend on its batch-mates
-        per = [evaluate(_member(m, e), src.eval_x, src.truth) for e in range(len(cells))]
-        return {k: torch.cat([p[k].reshape(1) for p in per]) for k in per[0]}
 
-    try:
-        curves = train(model, src.batches(first.batch), first.steps, first.lr, evaluate_members, plan.spec.eval.curve_every)
-    except FloatingPointError as e:
-        raise CellFailure(",".join(c.id for c in cells), str(e)) from None
+def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> tuple[list[Cell], list[dict[str, bytes]], list[CellFailure]]:
+    """Train cells as one ensemble: (finished cells, their cell-store files, failed cells).
 
+    A member whose loss turns non-finite fails alone: the group restarts without it, which
+    gives the others the very bytes they would have had anyway (members are independent)."""
+    first = cells[0].sae
+    failures: list[CellFailure] = []
+    while cells:
+        model = _initial_model(cells, src, plan.spec.seed)
+        try:
+            curves = train(model, src.batches(first.batch), first.steps, first.lr, lambda m: evaluate(m, src.eval_x, src.truth), plan.spec.eval.curve_every)
+            break
+        except NonFiniteLoss as e:
+            bad = set(e.members)
+            failures += [CellFailure(c.id, f"non-finite training loss at step {e.step} (l1={c.sae.l1:g}, lr={c.sae.lr:g})") for i, c in enumerate(cells) if i in bad]
+            cells = [c for i, c in enumerate(cells) if i not in bad]
+    if not cells:
+        return [], [], failures
+
+    final = evaluate(model, src.eval_x, src.truth)  # member by member: independent of batch-mates
     out = []
     for e, cell in enumerate(cells):
-        single = _member(model, e)
-        metrics = _scalars(evaluate(single, src.eval_x, src.truth))
-        metrics.update(src.cell_metrics(lambda x, s=single: s(x)[0][0]))
-        member_curves = {k: [float(v[e]) if not isinstance(v, (int, float)) else v for v in vals] if k != "step" else list(vals) for k, vals in curves.items()}
+        metrics = _scalars({k: v[e] for k, v in final.items()})
+        with torch.no_grad():
+            metrics.update(src.cell_metrics(lambda x, e=e: model.member_forward(x, e)[0]))
+        member_curves = {k: list(vals) if k == "step" else [point[e] for point in vals] for k, vals in curves.items()}
         cell_json = {
             "key": cell.key,
             "source_key": cell.source.key,
@@ -210,17 +216,16 @@ def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> list[dict
             "metrics": metrics,
             "curves": member_curves,
         }
-        tensors = {k: v.contiguous() for k, v in single.member_tensors(0).items()}
         out.append(
             {
-                "sae.safetensors": tensors_io.to_bytes(tensors, {"format": "relu_l1/v1", "cell_key": cell.key}),
+                "sae.safetensors": tensors_io.to_bytes(model.member_tensors(e), {"format": "relu_l1/v1", "cell_key": cell.key}),
                 "cell.json": stable_json(cell_json).encode(),
             }
         )
-    return out
+    return cells, out, failures
 
 
-def write_bundle(plan, final, prepared, store: CellStore, code, timings, t0) -> tuple[dict, bool]:
+def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) -> tuple[dict, bool]:
     spec = plan.spec
     w = BundleWriter(final)
     try:

@@ -138,10 +138,12 @@ class LMTrainSpec:
 
 @attrs.frozen
 class ActivationSpec:
-    """How many activations feed SAE training (train split) and evaluation (validation split)."""
+    """``tokens`` activations (from the training split) feed SAE training; CE-recovered is
+    measured on ``ce_tokens`` tokens of the validation split. The SAE evaluation set is
+    ``eval.samples`` activations from the validation split."""
 
     tokens: PosInt = 1_000_000
-    eval_tokens: PosInt = 16_384
+    ce_tokens: PosInt = 16_384
 
 
 @attrs.frozen
@@ -182,7 +184,7 @@ class SAESpec:
     kind: Literal["relu_l1"] = "relu_l1"
     dict_ratio: Sweepable[PosFloat] | None = None
     dict_size: Sweepable[PosInt] | None = None
-    l1: Sweepable[NonNegFloat]
+    l1: Sweepable[Annotated[float, Ge(0), Le(1e30)]]
     init: Sweepable[SAEInit] = "orthogonal"
     decoder_bias: bool = False
     seed: Sweepable[NonNegInt] = 0

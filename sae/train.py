@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .relu_l1 import ReluL1
 
-__all__ = ["train", "curve_points"]
+__all__ = ["train", "curve_points", "NonFiniteLoss"]
 
 
 def curve_points(steps: int, curve_every: int) -> list[int]:
@@ -131,12 +131,21 @@ def train(
     return curves
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A member's training loss became NaN or infinite; ``members`` lists every such member."""
+
+    def __init__(self, members: list[int], step: int, value: float):
+        self.members = members
+        self.step = step
+        super().__init__(
+            f"SAE member {members[0]} has a non-finite training loss ({value}) at step {step}; "
+            f"non-finite members: {members}"
+        )
+
+
 def _check_finite(loss_vec: Tensor, step: int) -> None:
-    """Raise FloatingPointError naming the first member whose loss is not finite."""
+    """Raise NonFiniteLoss naming the members whose loss is not finite."""
     finite = torch.isfinite(loss_vec.detach())
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten().tolist()
-        raise FloatingPointError(
-            f"SAE member {bad[0]} has a non-finite training loss ({loss_vec[bad[0]].item()}) "
-            f"at step {step}; non-finite members: {bad}"
-        )
+        raise NonFiniteLoss(bad, step, loss_vec[bad[0]].item())

@@ -148,11 +148,12 @@ def test_files_txt_jsonl_json_parquet(tmp_path, cache_dir):
 
 def test_files_edited_content_is_not_served_from_stale_cache(tmp_path, cache_dir):
     f = tmp_path / "e.jsonl"
-    f.write_text(json.dumps({"text": "old content here"}) + "\n", encoding="utf-8")
+    f.write_text(json.dumps({"text": "old content here"}) + "\n" + json.dumps({"text": "second"}) + "\n", encoding="utf-8")
     a = load_corpus(CorpusSpec(files=(str(f),)), cache_dir)
-    f.write_text(json.dumps({"text": "new content here"}) + "\n", encoding="utf-8")
+    f.write_text(json.dumps({"text": "new content here"}) + "\n" + json.dumps({"text": "second"}) + "\n", encoding="utf-8")
     b = load_corpus(CorpusSpec(files=(str(f),)), cache_dir)
-    assert a.train + a.val == ("old content here",) and b.train + b.val == ("new content here",)
+    assert sorted(a.train + a.val) == ["old content here", "second"]
+    assert sorted(b.train + b.val) == ["new content here", "second"]
 
 
 def _error(spec, cache_dir) -> str:
@@ -191,6 +192,11 @@ def test_files_errors_name_the_file(tmp_path, cache_dir):
     nofield.write_text(json.dumps({"body": "some text"}) + "\n", encoding="utf-8")
     msg = _error(CorpusSpec(files=(str(nofield),)), cache_dir)
     assert str(nofield) in msg and "'text'" in msg and "body" in msg
+
+    single = tmp_path / "single.txt"
+    single.write_text("just one paragraph\nof two lines\n", encoding="utf-8")
+    msg = _error(CorpusSpec(files=(str(single),)), cache_dir)
+    assert str(single) in msg and "one document" in msg
 
     fake_pq = tmp_path / "fake.parquet"
     fake_pq.write_text("not parquet at all", encoding="utf-8")
@@ -234,3 +240,29 @@ def test_hub_unreachable_fails_at_once(monkeypatch, cache_dir):
     msg = _error(CorpusSpec(hf="some/dataset"), cache_dir)
     assert time.perf_counter() - t < 5
     assert "files:" in msg and "127.0.0.1:9" in msg
+
+
+def test_hub_path_with_a_fake_hub(monkeypatch, cache_dir):
+    """The online code path, with the hub replaced by an in-memory dataset."""
+    import datasets
+
+    import engine.lm.corpus as corpus_mod
+
+    rows = {"text": [f"hub document {i} " * 20 for i in range(30)] + [None, "  "], "id": list(range(32))}
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None, streaming=False, **kw):
+        calls.append((name, config, split, streaming))
+        ds = datasets.Dataset.from_dict(rows)
+        return iter(ds) if streaming else ds
+
+    monkeypatch.setattr(corpus_mod, "hub_unreachable_reason", lambda timeout=2.0: None)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    c = load_corpus(CorpusSpec(hf="org/name", config="cfg", split="train"), cache_dir)
+    assert calls[-1] == ("org/name", "cfg", "train", False)
+    assert len(c.train) + len(c.val) == 30 and c.info["source"] == "hf:org/name"
+    capped = load_corpus(CorpusSpec(hf="org/name", max_chars=2000), cache_dir)
+    assert calls[-1][3] is True  # a capped corpus streams
+    assert capped.info["chars"] <= 2000 and capped.info["documents"] == 2000 // len(rows["text"][0])
+    msg = _error(CorpusSpec(hf="org/name", text_field="body"), cache_dir)
+    assert "org/name" in msg and "'body'" in msg

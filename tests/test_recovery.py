@@ -1,30 +1,31 @@
 """Property tests: a ReLU-L1 SAE recovers planted features, and training stays well-formed.
 
-Recovery region (``test_recovers_planted_features``), established by experiment on a 2-core
-CPU (random configurations drawn from a wider box, 2 SAE init seeds x 4 l1 values each,
-MMCS recorded every 500 steps; torch 2.13, see the report of the change that added this file):
+Recovery region of ``test_recovers_planted_features`` (established by experiment on a 2-core
+CPU, torch 2.13: ~150 random configurations from a wider box, 2-4 SAE init seeds each, l1
+rules k = 0.05 / 0.1 / 0.2 / 0.3, MMCS every 500 steps):
 
-- data: ``toydata`` with ``correlation="none"``, U[0,1) magnitudes, ``n_features`` 8-32,
-  ``active_per_sample`` 1-3, ``decay`` 1.0 or 0.99, ``dim`` from ``ceil(0.75 n)`` to ``2 n``;
-- SAE: ``relu_l1``, orthogonal init, ``m = round(ratio * n)`` with ratio 1.5-2,
-  ``l1 = 0.1 * m / d`` (the report's per-dim MSE makes the reconstruction term scale like
-  1/d and the report divides the L1 term by m, so this keeps the balance fixed across sizes),
+- data: ``toydata``, ``correlation="none"``, U[0,1) magnitudes, ``n_features`` 8-32,
+  ``dim`` from ``max(n, 10)`` to ``2 n``, ``active_per_sample`` 1-3 but at most ``n / 5``
+  (codes at most 20% dense), ``decay`` 1.0 or 0.99;
+- SAE: ``relu_l1``, orthogonal init, ``m = round(ratio * n)`` with ratio 1.5 or 2,
+  ``l1 = 0.1 * m / dim`` (the MSE is a per-dim mean, so the reconstruction term scales like
+  1/dim, and the L1 term is divided by m: this keeps the balance fixed across sizes),
   Adam lr 3e-3, batch 256, 2,000 steps.
 
-In that box every run we saw ended with MMCS >= 0.98 (typically 0.99+), so the 0.95 bar
-has a margin. Outside it recovery is *not* reliable at this budget, which is why the box
-stops where it does:
+Inside the box all 152 runs we made (36 configurations x 2 init seeds in the sweep, plus a
+check of 40 configurations x 2 seeds drawn exactly as below) ended with MMCS >= 0.983,
+almost all >= 0.99, so the 0.95 bar has a margin. The box stops where recovery stops being dependable at this budget:
 
-- ``dim <= n / 2`` (2x superposition or more): MMCS 0.87-0.95 after 3,000 steps for every
-  l1 tried (0.05-0.3 x m/d); random features in so few dimensions overlap strongly;
-- ratio 1: 0.95-0.96 typically, with one or two features merged or unmatched; not a
-  dependable >= 0.95;
-- lr 1e-3 (the report's): the same end point needs roughly 2x the steps.
+- ``dim <= n / 2`` (2x superposition or more): MMCS 0.87-0.95 after 3,000 steps whatever the
+  l1 (0.05-0.3 x m/dim); random features in so few dimensions overlap strongly;
+- dense codes, ``active_per_sample > n / 5`` with small n and dim (e.g. n=8, dim=10,
+  3 active): 0.91-0.97;
+- very small dim (< 10) even at dim ~ n (n=8, dim=7: 0.77-0.92);
+- ratio 1: 0.95-0.96 typically, one or two features merged or unmatched;
+- lr 1e-3 (the report's): the same end point needs about twice the steps.
 
-Each example trains one SAE for ~1-3 s; ``derandomize=True`` keeps CI stable.
+Each example trains one SAE (~1.5-2.5 s of CPU); ``derandomize=True`` keeps CI stable.
 """
-
-import math
 
 import pytest
 import torch
@@ -52,8 +53,8 @@ def one_thread():
 @st.composite
 def recovery_configs(draw):
     n = draw(st.integers(8, 32))
-    dim = draw(st.integers(math.ceil(0.75 * n), 2 * n))
-    active = draw(st.sampled_from([1.0, 1.5, 2.0, 2.5, 3.0]))
+    dim = draw(st.integers(max(n, 10), 2 * n))
+    active = draw(st.sampled_from([a for a in (1.0, 1.5, 2.0, 2.5, 3.0) if a <= n / 5]))
     decay = draw(st.sampled_from([1.0, 0.99]))
     ratio = draw(st.sampled_from([1.5, 2.0]))
     seed = draw(st.integers(0, 2**31 - 1))

@@ -144,7 +144,7 @@ def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path):
     assert r.exit_code == 2
     assert r.output.splitlines() == [
         f"{bad}:4:36: sources.toy.dimm: unknown key 'dimm' (did you mean 'dim'?)",
-        f"{bad}:8:19: sae.train.steps: expected an integer, got 100.0 (write 100)",
+        f"{bad}:8:18: sae.train.steps: expected an integer, got 100.0 (write 100)",
     ]
     assert not (tmp_path / "out").exists()
 
@@ -165,3 +165,31 @@ def test_threads_flag_is_part_of_identity(tiny_spec_file):
     two = make_plan(load_spec(tiny_spec_file))
     assert one.spec_hash != two.spec_hash
     assert torch.get_num_threads() >= 1
+
+
+def test_a_failing_cell_does_not_take_its_batch_mates(tmp_path, monkeypatch):
+    from sae.relu_l1 import ReluL1
+
+    losses = ReluL1.losses
+
+    def poisoned(self, x):  # the member with l1 == 0.5 diverges at once
+        out = losses(self, x)
+        out["loss"] = torch.where(self.l1 == 0.5, torch.full_like(out["loss"], float("nan")), out["loss"])
+        return out
+
+    monkeypatch.setattr(ReluL1, "losses", poisoned)
+    spec = tmp_path / "nan.yaml"
+    spec.write_text(TINY.replace("[0.03, 0.1]", "[0.1, 0.5]").replace("[1, 2]", "1"))
+    plan = make_plan(load_spec(spec))
+    bad = next(c for c in plan.cells if c.sae.l1 == 0.5)
+    good = next(c for c in plan.cells if c.sae.l1 == 0.1)
+    cli = CliRunner()
+    r = cli.invoke(sae_run, [str(spec), "--results", str(tmp_path / "r")])
+    assert r.exit_code == 1, r.output
+    assert f"error: cell {bad.id}: non-finite training loss at step 0" in r.output
+    assert "Traceback" not in r.output
+    assert (tmp_path / "r/.cells" / good.key / "done.json").exists()
+    assert not (tmp_path / "r/.cells" / bad.key).exists()
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith("tiny")]
+    r = cli.invoke(sae_run, [str(spec), "--results", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "1 of 2 cells already finished" in r.output

@@ -17,7 +17,7 @@ import torch
 
 from toydata import ToyData, ToyDataConfig, planted_features
 from toydata.probability import base_probabilities, batch_probabilities, decay_weights
-from toydata.sampling import bernoulli_positions, fill_empty_rows
+from toydata.sampling import assemble, bernoulli_positions, fill_empty_rows
 from toydata.structure import batch_covariance, copula_factor, single_thread
 
 MODES = ("batch", "none", "per_sample")
@@ -414,16 +414,24 @@ def test_batch_mode_fills_empty_rows_with_one():
 
 
 def test_fill_empty_rows_hand_check():
+    features = torch.arange(8.0).view(4, 2)
     rows, cols = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 3])
     values = torch.tensor([0.0, 0.5, 0.25])  # row 0 holds only an explicit zero: it counts as empty
+    codes, x = assemble(rows, cols, values, features, 3)
     candidates = torch.randint(0, 4, (3,), generator=gen(2))  # the draw fill_empty_rows makes
-    r, c, v = fill_empty_rows(rows, cols, values, 3, 4, gen(2))
-    assert r.tolist() == [0, 1, 1, 2]
-    assert c.tolist() == [int(candidates[0]), 0, 3, int(candidates[2])]
-    assert v.tolist() == [1.0, 0.5, 0.25, 1.0]
-    # Nothing to fill: returned unchanged (the column draw is still made).
-    r, c, v = fill_empty_rows(rows[1:], cols[1:], values[1:], 1, 4, gen(2))
-    assert torch.equal(r, rows[1:]) and torch.equal(v, values[1:])
+    fill_empty_rows(rows, values, codes, x, features, gen(2))
+    c0, c2 = int(candidates[0]), int(candidates[2])
+    expected = torch.zeros(3, 4)
+    expected[0, c0] = 1.0
+    expected[1, 0], expected[1, 3] = 0.5, 0.25
+    expected[2, c2] = 1.0
+    assert torch.equal(codes, expected)
+    assert torch.equal(x, torch.stack([features[c0], 0.5 * features[0] + 0.25 * features[3], features[c2]]))
+    # Nothing to fill: unchanged (the column draw is still made).
+    codes, x = assemble(rows[1:] - 1, cols[1:], values[1:], features, 1)
+    before = (codes.clone(), x.clone())
+    fill_empty_rows(rows[1:] - 1, values[1:], codes, x, features, gen(2))
+    assert torch.equal(codes, before[0]) and torch.equal(x, before[1])
 
 
 def test_batch_mode_clipped_feature_always_fires():
@@ -502,7 +510,7 @@ def test_bernoulli_positions_edge_probabilities():
     assert abs(int(counts[2]) - 300) < 6 * math.sqrt(1000 * 0.3 * 0.7)
     rows, cols = bernoulli_positions(torch.zeros(5), 10, gen(0))
     assert rows.numel() == 0
-    # A tiny rate takes many geometric chunks' worth of skipping; p = 1e-12 over 1e4 entries fires never (almost surely).
+    # p = 1e-12 over 1e4 entries: expected 1e-8 hits, so none (for any seed, almost surely).
     rows, cols = bernoulli_positions(torch.full((100,), 1e-12), 100, gen(0))
     assert rows.numel() == 0
 

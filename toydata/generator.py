@@ -95,14 +95,15 @@ class ToyData:
         else:
             rows, cols = self._copula_positions(batch, generator)
         values = magnitudes(cfg.magnitude, rows.numel(), generator)
-        if cfg.correlation == "batch":
-            rows, cols, values = fill_empty_rows(rows, cols, values, batch, n, generator)
         codes, x = assemble(rows, cols, values, self.features, batch)
+        if cfg.correlation == "batch":
+            fill_empty_rows(rows, values, codes, x, self.features, generator)
         if cfg.noise_std > 0:
             x = x + cfg.noise_std * torch.randn(batch, cfg.dim, generator=generator)
         return x, codes
 
     def _copula_positions(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        # z = F g + r e, one row per sample; F is only [n, rank], so this costs one normal per entry.
         s = self._structure
         factor = s["copula_factor"]
         g = torch.randn(batch, factor.shape[1], generator=generator)

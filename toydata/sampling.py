@@ -93,31 +93,28 @@ def magnitudes(kind: str, count: int, generator: torch.Generator) -> torch.Tenso
 
 
 def fill_empty_rows(
-    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, batch: int, n: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Give every row without a non-zero value one uniformly random feature at exactly 1.0.
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    codes: torch.Tensor,
+    x: torch.Tensor,
+    features: torch.Tensor,
+    generator: torch.Generator,
+) -> None:
+    """Give every sample without a non-zero code one uniformly random feature at exactly 1.0.
 
-    A random column is drawn for every row (so the stream consumed does not depend on the data);
-    only the empty rows use theirs. Input and output coordinates are in row-major order. When a
-    row is filled, explicit zero values (a U[0,1) draw of exactly 0) are dropped first, so the
-    new coordinate cannot collide with one.
+    ``rows``, ``values``: the ``[k]`` coordinates' rows and values that built ``codes`` ``[batch, n]``
+    and ``x = codes @ features`` ``[batch, d]``; both are updated in place. A random column is drawn
+    for every row (so the stream consumed does not depend on the data); only empty rows use theirs.
+    An empty row may hold explicit zeros (a U[0,1) draw of exactly 0); its ``x`` row is replaced.
     """
+    batch, n = codes.shape
     candidates = torch.randint(0, n, (batch,), generator=generator)
-    nonzero = values != 0
-    nonempty = torch.unique_consecutive(rows[nonzero])
-    if nonempty.numel() == batch:
-        return rows, cols, values
-    rows, cols, values = rows[nonzero], cols[nonzero], values[nonzero]
-    filled = torch.zeros(batch, dtype=torch.bool)
-    filled[nonempty] = True
+    filled = torch.zeros(batch, dtype=torch.bool).index_fill_(0, rows[values != 0], True)
     empty = torch.nonzero(~filled).squeeze(1)
-    rows = torch.cat([rows, empty])
-    order = torch.sort(rows, stable=True).indices
-    return (
-        rows[order],
-        torch.cat([cols, candidates[empty]])[order],
-        torch.cat([values, torch.ones(empty.numel())])[order],
-    )
+    if empty.numel():
+        cols = candidates.index_select(0, empty)
+        codes.index_put_((empty, cols), torch.ones(()))
+        x.index_copy_(0, empty, features.index_select(0, cols))
 
 
 def assemble(

@@ -38,15 +38,16 @@ def collect_activations(
     stream = torch.from_numpy(np.asarray(tokens).astype(np.int64))
     if stream.numel() < context:
         raise ValueError(f"token stream has {stream.numel()} tokens, fewer than the context {context}")
+    device = next(model.parameters()).device
     n_windows = math.ceil(n_tokens / context)
     starts = torch.randint(0, stream.numel() - context + 1, (n_windows,), generator=generator)
     offsets = torch.arange(context)
     out = torch.empty(n_windows, context, width, dtype=torch.float32)
     for lo in range(0, n_windows, batch):
-        x = stream[starts[lo : lo + batch, None] + offsets]  # [b, context]
+        x = stream[starts[lo : lo + batch, None] + offsets].to(device)  # [b, context]
 
         def read(act: Tensor, lo: int = lo) -> None:
-            out[lo : lo + act.shape[0]] = act
+            out[lo : lo + act.shape[0]] = act.float().cpu()
             raise _Collected
 
         try:
@@ -82,11 +83,12 @@ def ce_loss(
     if (site is None) != (replace is None):
         raise ValueError("give both site and replace, or neither")
     hooks = {site: replace} if site is not None else None
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for lo in range(0, windows.shape[0], EVAL_BATCH):
-        w = windows[lo : lo + EVAL_BATCH]
+        w = windows[lo : lo + EVAL_BATCH].to(device)
         logits = model(w[:, :-1], hooks=hooks)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), w[:, 1:].reshape(-1), reduction="sum")
         total += float(loss.double())

@@ -89,9 +89,12 @@ def load_corpus(spec: CorpusSpec, cache_dir: pathlib.Path) -> Corpus:
     else:
         docs, info = _load_hub(spec)
 
+    label = ", ".join(spec.files) if spec.files is not None else info["source"]
     docs, truncated = cap_documents(docs, spec.max_chars)
     if not docs:
-        raise CorpusError(f"corpus {info['source']}: contains no text")
+        raise CorpusError(f"{label}: contains no text")
+    if len(docs) < 2:
+        raise CorpusError(f"{label}: only one document, the train/validation split needs at least two (.txt files split at blank lines)")
     train, val = split_documents(docs, spec.val_fraction)
     info.update(
         documents=len(docs),

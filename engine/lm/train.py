@@ -52,6 +52,7 @@ def train_lm(
     batch's loss before any update). ``on_step(info)`` is called after every update with
     ``step, steps, tokens, lr, train_loss`` (and ``val_loss`` at curve points)."""
     context = model.context
+    device = next(model.parameters()).device  # batches are drawn on the CPU, then moved
     data = torch.from_numpy(np.asarray(train_tokens).astype(np.int64))
     if data.numel() < context + 1:
         raise ValueError(f"training stream has {data.numel()} tokens, need at least context + 1 = {context + 1}")
@@ -82,7 +83,7 @@ def train_lm(
     since_eval: list[float] = []
     for step in range(steps):
         starts = torch.randint(0, data.numel() - context, (spec.batch,), generator=generator)
-        windows = data[starts[:, None] + offsets]  # [B, context+1]
+        windows = data[starts[:, None] + offsets].to(device)  # [B, context+1]
         x, y = windows[:, :-1], windows[:, 1:]
         logits = model(x)  # [B,T,V]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))

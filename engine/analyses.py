@@ -1,17 +1,21 @@
 """Analyses across cells: similarity to the next larger dictionary, and a feature-count estimate.
 
-``feature_count`` rule (the no-ground-truth estimate of how many features a source holds):
-take a *series* of cells that differ only in dictionary size (same source, l1, init, ...),
-sorted by size. For each dictionary but the largest, ``mmcs_larger`` is the mean over its
-atoms of the max cosine to any atom of the next larger dictionary. While a dictionary is
-smaller than the number of features, its atoms are mixtures that the larger one splits, so
-the similarity is lower; once it is about as large as the number of features both learn the
-same features and the similarity peaks; beyond that the smaller one holds dead or duplicate
-atoms and the similarity falls again. The series' estimate is the number of live atoms
-(``m - dead``) of the dictionary at the peak. A source's estimate is that of the series whose
-peak is highest (the l1 at which dictionaries agree best); ``range`` spans the estimates of
-all series whose peak is within 0.05 of it. On toy sources the planted ``n_features`` is
-printed beside it, so the rule can be checked where the truth is known.
+A *series* is a set of cells that differ only in dictionary size (same source, l1, init,
+...), sorted by size. For each dictionary but the largest of a series:
+
+- ``mmcs_larger``: the mean over its atoms of the max cosine with any atom of the next larger
+  dictionary (the interim report's no-ground-truth proxy);
+- ``stable``: the number of distinct atoms of the larger dictionary that are the nearest
+  neighbour, with cosine > 0.9, of a live atom (one that fires on the evaluation set) of the
+  smaller one: features that two independently trained dictionaries of different sizes agree on.
+
+``feature_count`` rule: a series' estimate is its largest ``stable`` count. As dictionaries
+grow past the number of features the data holds, new atoms die, duplicate or split features
+and stop being matched, so the count saturates near the number of features that can be learnt
+at that l1. A source's estimate is the largest over its series; ``range`` spans the series'
+estimates. On toy sources the planted ``n_features`` is printed beside it, so the rule is
+checked where the truth is known (rare features may be unlearnt in a short run, so the
+estimate is a lower bound there).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from collections import defaultdict
 
 import torch
 
-from sae.metrics import mmcs_larger
+from sae.metrics import cosine_matrix, mmcs_larger
+
+STABLE_COS = 0.9
 
 CONVENTIONS = {
     "mmcs_truth": "mean over ground-truth features of the max cosine similarity with any dictionary atom (recall direction); atoms are decoder rows",
@@ -59,7 +65,16 @@ def series(plan, cells_meta: dict) -> dict[tuple, list]:
     return {k: sorted(v, key=lambda c: c.sae.m) for k, v in out.items()}
 
 
-def cross_cell(plan, cells_meta: dict, full_metrics: dict, atoms: dict[str, torch.Tensor], wanted) -> dict:
+def stable_count(atoms: torch.Tensor, live: torch.Tensor, larger: torch.Tensor) -> int:
+    """Distinct atoms of ``larger`` [m2,d] that are the best match (cos > 0.9) of a live atom of
+    ``atoms`` [m1,d] (``live`` [m1] bool)."""
+    if not bool(live.any()):
+        return 0
+    best = cosine_matrix(atoms[live], larger).max(dim=1)
+    return int(best.indices[best.values > STABLE_COS].unique().numel())
+
+
+def cross_cell(plan, cells_meta: dict, full_metrics: dict, atoms: dict[str, torch.Tensor], live: dict[str, torch.Tensor], wanted) -> dict:
     out: dict = {}
     all_series = series(plan, cells_meta)
     larger: dict[str, dict] = {}
@@ -68,30 +83,41 @@ def cross_cell(plan, cells_meta: dict, full_metrics: dict, atoms: dict[str, torc
             for small, big in zip(cells, cells[1:]):
                 if small.sae.m == big.sae.m:
                     continue
-                larger[small.id] = {"larger": big.id, "m": small.sae.m, "larger_m": big.sae.m, "value": mmcs_larger(atoms[small.id], atoms[big.id])}
+                larger[small.id] = {
+                    "larger": big.id,
+                    "m": small.sae.m,
+                    "larger_m": big.sae.m,
+                    "value": mmcs_larger(atoms[small.id], atoms[big.id]),
+                    "stable": stable_count(atoms[small.id], live[small.id], atoms[big.id]),
+                }
     if "mmcs_larger" in wanted:
         out["mmcs_larger"] = larger
     if "feature_count" in wanted:
-        out["feature_count"] = feature_count(plan, all_series, larger, full_metrics)
+        out["feature_count"] = feature_count(plan, all_series, larger)
     return out
 
 
-def feature_count(plan, all_series, larger, full_metrics) -> dict:
+def feature_count(plan, all_series, larger) -> dict:
     per_source: dict[str, dict] = {}
     for key, cells in all_series.items():
-        source = key[0]
-        points = [(c, larger[c.id]["value"]) for c in cells if c.id in larger]
-        if len(points) < 2:
+        points = [(c, larger[c.id]["stable"]) for c in cells if c.id in larger]
+        if not points:
             continue
-        peak_cell, peak = max(points, key=lambda p: (p[1], -p[0].sae.m))
-        alive = peak_cell.sae.m - full_metrics[peak_cell.id]["dead"]
-        entry = per_source.setdefault(source, {"series": []})
-        entry["series"].append({"l1": peak_cell.sae.l1, "init": peak_cell.sae.init, "peak_m": peak_cell.sae.m, "peak_mmcs_larger": peak, "estimate": alive, "cell": peak_cell.id})
+        best_cell, best = max(points, key=lambda p: (p[1], -p[0].sae.m))
+        entry = per_source.setdefault(key[0], {"rule": "max over series and sizes of atoms stable (cos > 0.9) in the next larger dictionary", "series": []})
+        entry["series"].append(
+            {
+                "l1": best_cell.sae.l1,
+                "init": best_cell.sae.init,
+                "estimate": best,
+                "at_m": best_cell.sae.m,
+                "stable_by_m": {str(c.sae.m): n for c, n in points},
+            }
+        )
     for source, entry in per_source.items():
-        best = max(entry["series"], key=lambda s: s["peak_mmcs_larger"])
-        close = [s["estimate"] for s in entry["series"] if s["peak_mmcs_larger"] >= best["peak_mmcs_larger"] - 0.05]
-        entry["estimate"] = best["estimate"]
-        entry["range"] = [min(close), max(close)]
+        estimates = [s["estimate"] for s in entry["series"]]
+        entry["estimate"] = max(estimates)
+        entry["range"] = [min(estimates), max(estimates)]
         entry["series"].sort(key=lambda s: (s["l1"], s["init"]))
         sp = next(s for s in plan.sources if s.name == source)
         if sp.kind == "toy":

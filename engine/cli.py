@@ -132,9 +132,16 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--rtol", type=click.FloatRange(min=0), default=1e-2, show_default=True, help="Relative tolerance for metrics.")
+@click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Absolute tolerance for metrics.")
+@click.option("--min-mmcs", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Dictionaries match if their MMCS is at least this, both ways.")
+@click.option("--json", "as_json", is_flag=True, help="Print a stable JSON document (schema 1) instead of tables.")
+@click.option("--all", "show_all", is_flag=True, help="Show every compared value, not only differences.")
 @click.option("--verify", "verify_only", is_flag=True, help="Only verify the given bundle(s): recompute every file hash.")
-def sae_diff(bundles, verify_only):
-    """Compare two result bundles A and B (or verify bundles with --verify)."""
+def sae_diff(bundles, rtol, atol, min_mmcs, as_json, show_all, verify_only):
+    """Compare result bundles A and B: verdict identical / equivalent / different.
+
+    Exit status: 0 identical or equivalent, 1 different, 2 unusable input."""
     try:
         if verify_only:
             if not bundles:
@@ -143,9 +150,10 @@ def sae_diff(bundles, verify_only):
                 verify_command(str(b))
             return
         if len(bundles) != 2:
-            raise click.UsageError("expected two bundles: sae-diff A B")
+            raise click.UsageError(f"expected two bundles, got {len(bundles)}: sae-diff A B")
         from engine import diff
 
-        sys.exit(diff.main(*bundles))
+        code = diff.main(*bundles, tol=diff.Tolerances(rtol, atol, min_mmcs), as_json=as_json, show_all=show_all, echo=click.echo)
     except UserError as e:
         _fail(e)
+    sys.exit(code)

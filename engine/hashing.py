@@ -18,6 +18,7 @@ PROJECT = "sae-repro"
 SPEC_HASH_VERSION = f"{PROJECT}/spec/v1"
 CELL_KEY_VERSION = f"{PROJECT}/cell/v1"
 SOURCE_KEY_VERSION = f"{PROJECT}/source/v1"
+STREAM_ID_VERSION = f"{PROJECT}/streams/v1"
 DIGEST_VERSION = f"{PROJECT}/content/v1"
 
 

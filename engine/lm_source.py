@@ -31,18 +31,25 @@ LM_KEY_VERSION = f"{PROJECT}/lm/v1"
 LM_FILES = ("model.safetensors", "tokenizer.json", "lm.json", "training.json")
 
 
+def lm_identity(spec, src) -> dict:
+    """What determines the LM's numbers, the determinism context aside."""
+    return {
+        "seed": spec.seed,
+        "corpus": convert.unstructure(src.corpus),
+        "tokenizer": convert.unstructure(src.tokenizer),
+        "model": convert.unstructure(src.model),
+        "train": convert.unstructure(src.train),
+    }
+
+
 def lm_key(spec, src) -> str:
-    return tagged_hash(
-        LM_KEY_VERSION,
-        {
-            "seed": spec.seed,
-            "corpus": convert.unstructure(src.corpus),
-            "tokenizer": convert.unstructure(src.tokenizer),
-            "model": convert.unstructure(src.model),
-            "train": convert.unstructure(src.train),
-            "threads": spec.run.threads,
-        },
-    )
+    """The cache key of a trained LM: its identity and the threads it was trained with."""
+    return tagged_hash(LM_KEY_VERSION, {**lm_identity(spec, src), "threads": spec.run.threads})
+
+
+def lm_stream_id(spec, src) -> str:
+    """Seeds the LM's init and data order: equal across thread counts."""
+    return tagged_hash(LM_KEY_VERSION, lm_identity(spec, src))
 
 
 class LMSourceData:
@@ -56,6 +63,7 @@ class LMSourceData:
         self.seed = spec.seed
         self.site = src.site
         self.key = lm_key(spec, src)
+        self.stream_id = lm_stream_id(spec, src)
         self.store = KeyedStore(results / ".lm", LM_FILES)
         try:
             corpus = load_corpus(src.corpus, results / ".cache" / "corpus")
@@ -84,6 +92,12 @@ class LMSourceData:
         self.eval_x = collect_activations(
             self.model, val_tokens, src.site, spec.eval.samples, ctx, torch_generator(self.seed, "lm_eval_acts", plan.key)
         )
+        self.scale = 1.0
+        if src.activations.normalize:
+            mean_sq = float(self.train_x.double().pow(2).sum(dim=1).mean())
+            self.scale = 1.0 / mean_sq**0.5 if mean_sq > 0 else 1.0
+            self.train_x *= self.scale
+            self.eval_x *= self.scale
         self.windows = eval_windows(val_tokens, src.activations.ce_tokens, ctx)
         self.ce_clean = ce_loss(self.model, self.windows)
         self.ce_zero = ce_loss(self.model, self.windows, src.site, torch.zeros_like)
@@ -93,8 +107,14 @@ class LMSourceData:
         train_tokens = encode_documents(tok, corpus.train)
         val_tokens = encode_documents(tok, corpus.val)
         vocab = tok.get_vocab_size()
-        model = TinyLM(src.model, vocab, generator=torch_generator(self.seed, "lm_init", self.key))
-        result = train_lm(model, train_tokens, val_tokens, src.train, torch_generator(self.seed, "lm_data", self.key))
+        model = TinyLM(src.model, vocab, generator=torch_generator(self.seed, "lm_init", self.stream_id))
+        def progress(info: dict) -> None:
+            tenth = max(1, info["steps"] // 10)
+            if info["step"] % tenth == 0 or info["step"] == info["steps"]:
+                val = f", val {info['val_loss']:.3f}" if "val_loss" in info else ""
+                log(f"[{self.plan.name}] LM step {info['step']}/{info['steps']}: train loss {info['train_loss']:.3f}{val}")
+
+        result = train_lm(model, train_tokens, val_tokens, src.train, torch_generator(self.seed, "lm_data", self.stream_id), on_step=progress)
         baselines = ngram_baselines(train_tokens, val_tokens, vocab)
         log(
             f"[{self.plan.name}] LM validation loss {result['val_loss']:.3f} nats/token "
@@ -166,13 +186,15 @@ class LMSourceData:
             "baselines": self.training["baselines"],
             "ce_clean": self.ce_clean,
             "ce_zero": self.ce_zero,
+            "activation_scale": self.scale,
         }
 
     def cell_metrics(self, reconstruct: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         """CE loss with the SAE's reconstruction spliced in at the site, and the share recovered."""
 
         def replace(act: torch.Tensor) -> torch.Tensor:
-            return reconstruct(act.reshape(-1, act.shape[-1])).reshape(act.shape)
+            flat = act.reshape(-1, act.shape[-1]) * self.scale
+            return (reconstruct(flat) / self.scale).reshape(act.shape)
 
         with torch.no_grad():
             ce_sae = ce_loss(self.model, self.windows, self.site, replace)

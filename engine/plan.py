@@ -16,7 +16,7 @@ import attrs
 
 from engine import convert, schema
 from engine.errors import Problem, SpecError
-from engine.hashing import CELL_KEY_VERSION, SOURCE_KEY_VERSION, tagged_hash
+from engine.hashing import CELL_KEY_VERSION, SOURCE_KEY_VERSION, STREAM_ID_VERSION, tagged_hash
 from engine.spec import parse_path, spec_hash, sweep_fields
 from engine.yamlio import format_path
 
@@ -52,7 +52,9 @@ class SourcePlan:
 @attrs.frozen
 class Cell:
     id: str
-    key: str
+    key: str  # identity of its bytes: also hashes evaluation and the determinism context
+    stream_id: str  # seeds its random streams: the source and SAE settings only, so that
+    # running on other threads or devices draws the same numbers
     source: SourcePlan
     sae: SAEConfig
     params: dict  # swept values at this point, for people: {"sae.l1": 0.1, ...}
@@ -154,9 +156,10 @@ def make_plan(spec: schema.Spec) -> Plan:
                     "run": convert.unstructure(spec.run),
                 },
             )
+            stream_id = tagged_hash(STREAM_ID_VERSION, {"source": sp.key, "sae": convert.unstructure(cfg)})
             params = {format_path(p): v for p, v in point.items() if p[0] == "sae" or p[:2] == ("sources", name)}
             params["m"] = m
-            cells.setdefault(key, Cell(f"{sp.name}-{key[:12]}", key, sp, cfg, params))
+            cells.setdefault(key, Cell(f"{sp.name}-{key[:12]}", key, stream_id, sp, cfg, params))
     if problems:
         seen = set()
         unique = [p for p in problems if not (p in seen or seen.add(p))]

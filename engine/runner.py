@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -159,11 +160,28 @@ def make_groups(cells: list[Cell]) -> list[list[Cell]]:
     return out
 
 
+@torch.no_grad()
+def firing_frequency(model: ReluL1, e: int, x_eval: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """[m] float32: the share of evaluation samples on which each atom's code is > 0."""
+    counts = torch.zeros(model.m, dtype=torch.float64)
+    for i in range(0, x_eval.shape[0], chunk):
+        counts += (model.member_forward(x_eval[i : i + chunk], e)[1] > 0).sum(dim=0, dtype=torch.float64)
+    return (counts / x_eval.shape[0]).float()
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
 def _scalars(metrics: dict) -> dict:
+    """Plain numbers for JSON; an undefined value (NaN, e.g. FVU of a constant set) is null."""
     out = {}
     for k, v in metrics.items():
         v = v.item() if isinstance(v, torch.Tensor) else v
-        out[k] = int(v) if k in ("dead", "recovered_0.9") else float(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = int(v) if k in ("dead", "recovered_0.9") else float(v)
     return out
 
 
@@ -172,8 +190,8 @@ def _initial_model(cells: list[Cell], src: PreparedSource, seed: int) -> ReluL1:
     for c in cells:
         samples = None
         if c.sae.init == "data_samples":
-            samples = src.init_samples(c.sae.m, torch_generator(seed, "sae_init_data", c.key))
-        weights.append(init_weights(c.sae.init, src.plan.width, c.sae.m, torch_generator(seed, "sae_init", c.key), samples))
+            samples = src.init_samples(c.sae.m, torch_generator(seed, "sae_init_data", c.stream_id))
+        weights.append(init_weights(c.sae.init, src.plan.width, c.sae.m, torch_generator(seed, "sae_init", c.stream_id), samples))
     return ReluL1(
         torch.stack([w[0] for w in weights]),
         torch.stack([w[1] for w in weights]),
@@ -207,8 +225,8 @@ def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> tuple[lis
     for e, cell in enumerate(cells):
         metrics = _scalars({k: v[e] for k, v in final.items()})
         with torch.no_grad():
-            metrics.update(src.cell_metrics(lambda x, e=e: model.member_forward(x, e)[0]))
-        member_curves = {k: list(vals) if k == "step" else [point[e] for point in vals] for k, vals in curves.items()}
+            metrics.update(_scalars(src.cell_metrics(lambda x, e=e: model.member_forward(x, e)[0])))
+        member_curves = {k: list(vals) if k == "step" else [_finite(point[e]) for point in vals] for k, vals in curves.items()}
         cell_json = {
             "key": cell.key,
             "source_key": cell.source.key,
@@ -218,7 +236,10 @@ def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> tuple[lis
         }
         out.append(
             {
-                "sae.safetensors": tensors_io.to_bytes(model.member_tensors(e), {"format": "relu_l1/v1", "cell_key": cell.key}),
+                "sae.safetensors": tensors_io.to_bytes(
+                    {**model.member_tensors(e), "firing_frequency": firing_frequency(model, e, src.eval_x)},
+                    {"format": "relu_l1/v1", "cell_key": cell.key},
+                ),
                 "cell.json": stable_json(cell_json).encode(),
             }
         )
@@ -230,7 +251,7 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
     w = BundleWriter(final)
     try:
         w.write_text("spec.yaml", dump_spec(spec))
-        cells_meta, full_metrics, atoms = {}, {}, {}
+        cells_meta, full_metrics, atoms, live = {}, {}, {}, {}
         for cell in plan.cells:
             d = store.dir(cell.key)
             for name in ("sae.safetensors", "cell.json"):
@@ -244,7 +265,9 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
                 "metrics": analyses.select(cj["metrics"], spec.analyses),
             }
             full_metrics[cell.id] = cj["metrics"]
-            atoms[cell.id] = tensors_io.from_bytes((d / "sae.safetensors").read_bytes())["decoder"]
+            saved = tensors_io.from_bytes((d / "sae.safetensors").read_bytes())
+            atoms[cell.id] = saved["decoder"]
+            live[cell.id] = saved["firing_frequency"] > 0
         sources = {}
         for sp in plan.sources:
             src = prepared[sp.key]
@@ -254,7 +277,7 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
                 else:
                     w.write_bytes(f"sources/{sp.name}/{name}", data)
             sources[sp.name] = src.info()
-        cross = analyses.cross_cell(plan, cells_meta, full_metrics, atoms, spec.analyses)
+        cross = analyses.cross_cell(plan, cells_meta, full_metrics, atoms, live, spec.analyses)
         metrics = {
             "schema": 1,
             "spec_hash": plan.spec_hash,

@@ -129,9 +129,9 @@ class LMModelSpec:
 class LMTrainSpec:
     tokens: Sweepable[PosInt] = 4_000_000
     batch: Sweepable[PosInt] = 32
-    lr: Sweepable[PosFloat] = 3e-3
+    lr: Sweepable[PosFloat] = 2e-2
     warmup: Sweepable[NonNegInt] = 100
-    weight_decay: Sweepable[NonNegFloat] = 0.1
+    weight_decay: Sweepable[NonNegFloat] = 0.01
     eval_every: PosInt = 100
     eval_tokens: PosInt = 32_768
 
@@ -144,6 +144,10 @@ class ActivationSpec:
 
     tokens: PosInt = 1_000_000
     ce_tokens: PosInt = 16_384
+    # multiply activations by one constant so that their mean squared norm is 1 (recorded;
+    # undone when a reconstruction is spliced back into the LM), so that l1 values mean
+    # about the same on LM activations as on toy data
+    normalize: bool = True
 
 
 @attrs.frozen

@@ -60,7 +60,8 @@ def test_eval_windows_fixed_and_spread(stream):
 def test_ce_loss_identity_and_zero_ablation(model, stream):
     w = eval_windows(stream, 1000, CFG.context)
     clean = ce_loss(model, w)
-    assert clean == pytest.approx(math.log(V), abs=0.1)  # untrained: near uniform
+    # untrained: near uniform (unit-variance logits from the fan-in init add about 0.5 nats)
+    assert clean == pytest.approx(math.log(V), abs=1.0)
     assert ce_loss(model, w, SITE, lambda a: a) == clean  # exactly
     zero = ce_loss(model, w, SITE, torch.zeros_like)
     assert zero != clean

@@ -5,9 +5,10 @@ A *series* is a set of cells that differ only in dictionary size (same source, l
 
 - ``mmcs_larger``: the mean over its atoms of the max cosine with any atom of the next larger
   dictionary (the interim report's no-ground-truth proxy);
-- ``stable``: the number of distinct atoms of the larger dictionary that are the nearest
-  neighbour, with cosine > 0.9, of a live atom (one that fires on the evaluation set) of the
-  smaller one: features that two independently trained dictionaries of different sizes agree on.
+- ``stable``: the number of distinct directions among its live atoms (those that fire on the
+  evaluation set) that have a match with cosine > 0.9 in the larger dictionary; atoms within
+  cosine 0.9 of one already counted count once. These are the features that two
+  independently trained dictionaries of different sizes agree on.
 
 ``feature_count`` rule: a series' estimate is its largest ``stable`` count. As dictionaries
 grow past the number of features the data holds, new atoms die, duplicate or split features
@@ -66,12 +67,22 @@ def series(plan, cells_meta: dict) -> dict[tuple, list]:
 
 
 def stable_count(atoms: torch.Tensor, live: torch.Tensor, larger: torch.Tensor) -> int:
-    """Distinct atoms of ``larger`` [m2,d] that are the best match (cos > 0.9) of a live atom of
-    ``atoms`` [m1,d] (``live`` [m1] bool)."""
+    """Distinct directions among the live atoms of ``atoms`` [m1,d] (``live`` [m1] bool) that
+    have a match (cos > 0.9) in ``larger`` [m2,d]. Near-duplicate atoms (cos > 0.9 with an
+    atom already counted, in order of index) count once, so a feature learnt twice by both
+    dictionaries is not counted twice."""
     if not bool(live.any()):
         return 0
-    best = cosine_matrix(atoms[live], larger).max(dim=1)
-    return int(best.indices[best.values > STABLE_COS].unique().numel())
+    candidates = atoms[live]
+    candidates = candidates[cosine_matrix(candidates, larger).max(dim=1).values > STABLE_COS]
+    if candidates.shape[0] == 0:
+        return 0
+    similar = cosine_matrix(candidates, candidates) > STABLE_COS
+    kept = torch.zeros(candidates.shape[0], dtype=torch.bool)
+    for i in range(candidates.shape[0]):
+        if not bool((similar[i] & kept).any()):
+            kept[i] = True
+    return int(kept.sum())
 
 
 def cross_cell(plan, cells_meta: dict, full_metrics: dict, atoms: dict[str, torch.Tensor], live: dict[str, torch.Tensor], wanted) -> dict:

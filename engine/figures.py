@@ -93,8 +93,11 @@ def render(plan, metrics: dict) -> dict[str, bytes]:
         fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharex=True)
         for col, source in enumerate((toys[0], lms[0])):
             cells = by_source[source]
-            _series_lines(axes[0][col], cells, lambda cid, c: larger.get(cid, {}).get("value"), "MMCS with next larger", f"{source} ({kinds[source]})")
-            _series_lines(axes[1][col], cells, lambda cid, c: c["metrics"].get("dead_frac"), "dead fraction", f"{source} ({kinds[source]})")
+            title = source if source == kinds[source] else f"{source} ({kinds[source]})"
+            _series_lines(axes[0][col], cells, lambda cid, c: larger.get(cid, {}).get("value"), "MMCS with next larger", title)
+            _series_lines(axes[1][col], cells, lambda cid, c: c["metrics"].get("dead_frac"), "dead fraction", title)
+            axes[0][col].set_ylim(0, 1.02)
+            axes[1][col].set_ylim(-0.02, 1.02)
         fig.suptitle("toy data vs language-model activations")
         fig.tight_layout()
         out["toy_vs_lm.png"] = _png(fig)

@@ -81,14 +81,14 @@ def test_canonical_json():
 # Golden hashes: a change here is a change to bundle identity. It must come with a bump of the
 # version tags in engine/hashing.py (or engine/schema.SCHEMA_VERSION) and a README note.
 GOLDEN = [
-    ("name: t\nsources: {toy: {kind: toy}}\nsae: {dict_ratio: 1, l1: 0.1}\n", "?"),
+    ("name: t\nsources: {toy: {kind: toy}}\nsae: {dict_ratio: 1, l1: 0.1}\n", "7177a6551b7c2c7bdb786457437026349fe197777d50223012663dbc21e3f95a"),
     (
         "name: sweep\nseed: 3\nsources:\n  toy: {kind: toy, n_features: 64, dim: 32, correlation: [batch, none]}\n"
         "sae:\n  dict_ratio: {logspace: [-1, 2, 4], base: 2}\n  l1: {logspace: [-2, 2, 4]}\n  init: [orthogonal, tied]\n"
         "zip: [[sae.dict_ratio, sae.l1]]\n",
-        "?",
+        "c5002422fb6b029c82677b3ccd105646dedd0a75558ccaec4b6ee7e92f0b9bd0",
     ),
-    ("name: lm\nsources: {lm: {kind: lm}}\nsae: {dict_size: [64, 128], l1: 0.3}\n", "?"),
+    ("name: lm\nsources: {lm: {kind: lm}}\nsae: {dict_size: [64, 128], l1: 0.3}\n", "c0c36aec8d9d045d5bd87c719c7c45ac1a6b07abe962da8750ebf7bc6cf70758"),
 ]
 
 

@@ -10,7 +10,8 @@ A *series* is a set of cells that differ only in dictionary size (same source, l
   cosine 0.9 of one already counted count once. These are the features that two
   independently trained dictionaries of different sizes agree on.
 
-``feature_count`` rule: a series' estimate is its largest ``stable`` count. As dictionaries
+``feature_count`` rule: a series' estimate is its largest ``stable`` count (``saturated`` is false when that count is at the
+series' largest pair: still rising, a lower bound that larger dictionaries may raise). As dictionaries
 grow past the number of features the data holds, new atoms die, duplicate or split features
 and stop being matched, so the count saturates near the number of features that can be learnt
 at that l1. A source's estimate is the largest over its series; ``range`` spans the series'
@@ -115,6 +116,8 @@ def feature_count(plan, all_series, larger) -> dict:
         if not points:
             continue
         best_cell, best = max(points, key=lambda p: (p[1], -p[0].sae.m))
+        # a count still rising at the largest pair says: try larger dictionaries
+        saturated = best_cell is not points[-1][0]
         entry = per_source.setdefault(key[0], {"rule": "max over series and sizes of atoms stable (cos > 0.9) in the next larger dictionary", "series": []})
         entry["series"].append(
             {
@@ -122,12 +125,14 @@ def feature_count(plan, all_series, larger) -> dict:
                 "init": best_cell.sae.init,
                 "estimate": best,
                 "at_m": best_cell.sae.m,
+                "saturated": saturated,
                 "stable_by_m": {str(c.sae.m): n for c, n in points},
             }
         )
     for source, entry in per_source.items():
         estimates = [s["estimate"] for s in entry["series"]]
         entry["estimate"] = max(estimates)
+        entry["saturated"] = any(s["saturated"] for s in entry["series"] if s["estimate"] == entry["estimate"])
         entry["range"] = [min(estimates), max(estimates)]
         entry["series"].sort(key=lambda s: (s["l1"], s["init"]))
         sp = next(s for s in plan.sources if s.name == source)

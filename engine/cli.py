@@ -50,7 +50,8 @@ def summary_table(metrics: dict) -> list[str]:
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
     for source, fc in metrics.get("analyses", {}).get("feature_count", {}).items():
         planted = f" (planted: {fc['planted']})" if "planted" in fc else ""
-        lines.append(f"feature_count[{source}]: {fc['estimate']} (range {fc['range'][0]}-{fc['range'][1]}){planted}")
+        rising = "" if fc.get("saturated", True) else "; still rising at the largest size: a lower bound"
+        lines.append(f"feature_count[{source}]: {fc['estimate']} (range {fc['range'][0]}-{fc['range'][1]}{rising}){planted}")
     return lines
 
 
@@ -135,10 +136,11 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
 @click.option("--rtol", type=click.FloatRange(min=0), default=1e-2, show_default=True, help="Relative tolerance for metrics.")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Absolute tolerance for metrics.")
 @click.option("--min-mmcs", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Dictionaries match if their MMCS is at least this, both ways.")
+@click.option("--count-tol", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Counts (dead atoms, recovered features) match if their fractions differ by at most this.")
 @click.option("--json", "as_json", is_flag=True, help="Print a stable JSON document (schema 1) instead of tables.")
 @click.option("--all", "show_all", is_flag=True, help="Show every compared value, not only differences.")
 @click.option("--verify", "verify_only", is_flag=True, help="Only verify the given bundle(s): recompute every file hash.")
-def sae_diff(bundles, rtol, atol, min_mmcs, as_json, show_all, verify_only):
+def sae_diff(bundles, rtol, atol, min_mmcs, count_tol, as_json, show_all, verify_only):
     """Compare result bundles A and B: verdict identical / equivalent / different.
 
     Exit status: 0 identical or equivalent, 1 different, 2 unusable input."""
@@ -153,7 +155,7 @@ def sae_diff(bundles, rtol, atol, min_mmcs, as_json, show_all, verify_only):
             raise click.UsageError(f"expected two bundles, got {len(bundles)}: sae-diff A B")
         from engine import diff
 
-        code = diff.main(*bundles, tol=diff.Tolerances(rtol, atol, min_mmcs), as_json=as_json, show_all=show_all, echo=click.echo)
+        code = diff.main(*bundles, tol=diff.Tolerances(rtol, atol, min_mmcs, count_tol), as_json=as_json, show_all=show_all, echo=click.echo)
     except UserError as e:
         _fail(e)
     sys.exit(code)

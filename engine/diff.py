@@ -4,7 +4,8 @@ Both bundles are verified first. The verdict is
 
 - ``identical``: equal content digests (byte-identical results);
 - ``equivalent``: every cell of one has a counterpart in the other, and every compared
-  quantity is within tolerance: each metric within ``atol + rtol * |A|``, each pair of
+  quantity is within tolerance: each metric within ``atol + rtol * |A|`` (counts of dead
+  atoms and recovered features as fractions within ``count_tol``), each pair of
   dictionaries with MMCS >= ``min_mmcs`` in both directions;
 - ``different``: anything else.
 
@@ -35,7 +36,11 @@ DIFF_SCHEMA = 1
 DEFAULT_RTOL = 1e-2
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_MMCS = 0.99
+DEFAULT_COUNT_TOL = 0.02
 SAME_ATOM = 0.99
+# counts of atoms or features move in whole steps when one atom crosses a threshold; they are
+# compared as fractions (of the dictionary, of the planted features) within count_tol
+COUNTS = {"dead": "dead_frac", "dead_frac": "dead_frac", "recovered_0.9": "recovered_0.9_frac", "recovered_0.9_frac": "recovered_0.9_frac"}
 
 
 @attrs.frozen
@@ -43,6 +48,7 @@ class Tolerances:
     rtol: float = DEFAULT_RTOL
     atol: float = DEFAULT_ATOL
     min_mmcs: float = DEFAULT_MIN_MMCS
+    count_tol: float = DEFAULT_COUNT_TOL
 
 
 def _walk_diff(a, b, path: str = "") -> list[dict]:
@@ -117,7 +123,12 @@ def _compare_numbers(name: str, a: dict, b: dict, tol: Tolerances) -> list[dict]
             continue
         d = abs(y - x)
         rel = d / abs(x) if x else (0.0 if d == 0 else math.inf)
-        out.append({"name": f"{name}{k}", "a": x, "b": y, "abs": d, "rel": rel, "within": _close(x, y, tol)})
+        frac = COUNTS.get(k)
+        if frac and _number(a.get(frac)) and _number(b.get(frac)):
+            within = abs(a[frac] - b[frac]) <= tol.count_tol
+        else:
+            within = _close(x, y, tol)
+        out.append({"name": f"{name}{k}", "a": x, "b": y, "abs": d, "rel": rel, "within": within})
     return out
 
 
@@ -210,6 +221,22 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     return [indent + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
 
 
+def _reasons(doc: dict) -> str:
+    cells = doc["cells"]
+    out = []
+    if cells["only_a"] or cells["only_b"]:
+        out.append(f"{len(cells['only_a'])} cells only in A, {len(cells['only_b'])} only in B")
+    beyond = sum(not m["within"] for c in cells["matched"] for m in c["metrics"]) + sum(not m["within"] for m in doc["sources"] + doc["analyses"])
+    if beyond:
+        out.append(f"{beyond} metric values beyond tolerance")
+    dicts = sum(not c["dictionary"]["within"] for c in cells["matched"])
+    if dicts:
+        out.append(f"{dicts} dictionaries below MMCS {doc['tolerances']['min_mmcs']:g}")
+    if not cells["matched"]:
+        out.append("no cell in common")
+    return "; ".join(out)
+
+
 def render(doc: dict, show_all: bool = False) -> list[str]:
     tol = doc["tolerances"]
     matched = doc["cells"]["matched"]
@@ -219,8 +246,8 @@ def render(doc: dict, show_all: bool = False) -> list[str]:
     ]
     detail = {
         "identical": "same content digest: byte-identical results",
-        "equivalent": f"{len(matched)} cells matched; every metric within rtol={tol['rtol']:g} atol={tol['atol']:g}; dictionaries MMCS >= {tol['min_mmcs']:g} both ways",
-        "different": "see below",
+        "equivalent": f"{len(matched)} cells matched; every metric within rtol={tol['rtol']:g} atol={tol['atol']:g} (counts within {tol['count_tol']:g} of m); dictionaries MMCS >= {tol['min_mmcs']:g} both ways",
+        "different": _reasons(doc),
     }[doc["verdict"]]
     out.append(f"verdict: {doc['verdict']} ({detail})")
     for section in ("spec", "code", "environment"):
@@ -234,15 +261,20 @@ def render(doc: dict, show_all: bool = False) -> list[str]:
         out += [f"  only in A: {c}" for c in cells["only_a"]]
         out += [f"  only in B: {c}" for c in cells["only_b"]]
     rows = [["cell", "metric", "A", "B", "abs", "rel", ""]]
-    for c in matched:
-        for m in c["metrics"]:
-            if show_all or not m["within"] or m["a"] != m["b"]:
-                rows.append([c["a"], m["name"], _fmt(m["a"]), _fmt(m["b"]), _fmt(m["abs"]), _fmt(m["rel"]), "ok" if m["within"] else "DIFFERS"])
-    for m in doc["sources"] + doc["analyses"]:
-        if show_all or not m["within"] or m["a"] != m["b"]:
-            rows.append(["", m["name"], _fmt(m["a"]), _fmt(m["b"]), _fmt(m["abs"]), _fmt(m["rel"]), "ok" if m["within"] else "DIFFERS"])
+    values = [(c["a"], m) for c in matched for m in c["metrics"]] + [("", m) for m in doc["sources"] + doc["analyses"]]
+    moved = sum(1 for _, m in values if m["a"] != m["b"])
+    for cell, m in values:
+        if show_all or not m["within"]:
+            rows.append([cell, m["name"], _fmt(m["a"]), _fmt(m["b"]), _fmt(m["abs"]), _fmt(m["rel"]), "ok" if m["within"] else "DIFFERS"])
+    beyond = sum(1 for _, m in values if not m["within"])
+    if values:
+        line = f"\nmetrics: {len(values)} compared, {moved} moved, {beyond} beyond tolerance"
+        finite = [(cell, m) for cell, m in values if m["rel"] is not None and m["rel"] != math.inf and m["a"] != m["b"]]
+        if finite:
+            cell, m = max(finite, key=lambda cm: cm[1]["rel"])
+            line += f"; largest relative change {m['rel']:.2g} ({cell + ' ' if cell else ''}{m['name']})"
+        out.append(line)
     if len(rows) > 1:
-        out.append(f"\nmetrics ({len(rows) - 1} differing value{'s' if len(rows) != 2 else ''}; 'ok' = within tolerance)")
         out += _table(rows)
     rows = [["cell", "m", "MMCS A->B", "MMCS B->A", f"atoms > {SAME_ATOM}", ""]]
     for c in matched:

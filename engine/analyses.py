@@ -106,6 +106,10 @@ def cross_cell(plan, cells_meta: dict, full_metrics: dict, atoms: dict[str, torc
         out["mmcs_larger"] = larger
     if "feature_count" in wanted:
         out["feature_count"] = feature_count(plan, all_series, larger)
+    if "mmcs_larger" in wanted and "dead" in wanted:
+        compared = comparison(plan, cells_meta, larger)
+        if compared:
+            out["toy_vs_lm"] = compared
     return out
 
 
@@ -139,3 +143,23 @@ def feature_count(plan, all_series, larger) -> dict:
         if sp.kind == "toy":
             entry["planted"] = sp.config.n_features
     return per_source
+
+
+def comparison(plan, cells_meta: dict, larger: dict) -> dict | None:
+    """Toy and LM sources side by side: per l1 and dictionary size, each source's similarity to
+    the next larger dictionary and dead fraction (the seed's comparison). None unless the plan
+    has both kinds."""
+    kinds = {sp.name: sp.kind for sp in plan.sources}
+    toys = [n for n, k in kinds.items() if k == "toy"]
+    lms = [n for n, k in kinds.items() if k == "lm"]
+    if not toys or not lms:
+        return None
+    rows: dict[tuple, dict] = {}
+    for cid, cell in cells_meta.items():
+        if cell["source"] not in (toys[0], lms[0]):
+            continue
+        row = rows.setdefault((cell["sae"]["l1"], cell["sae"]["m"]), {"l1": cell["sae"]["l1"], "m": cell["sae"]["m"]})
+        side = "toy" if cell["source"] == toys[0] else "lm"
+        row[f"{side}_mmcs_larger"] = larger.get(cid, {}).get("value")
+        row[f"{side}_dead_frac"] = cell["metrics"].get("dead_frac")
+    return {"toy": toys[0], "lm": lms[0], "rows": [rows[k] for k in sorted(rows)]}

@@ -51,7 +51,15 @@ def test_bundle_layout(first_run):
     meta = json.loads((b / "bundle.json").read_text())
     for key in ("schema", "spec_hash", "content_digest", "files", "code", "environment"):
         assert key in meta
-    assert meta["environment"]["threads"] == 2
+    env, code = meta["environment"], meta["code"]
+    assert env["threads"] == 2
+    for key in ("python", "cpu", "cpu_flags", "torch_cpu_capability", "platform"):
+        assert env[key], key
+    for package in ("torch", "numpy", "attrs", "cattrs", "safetensors"):
+        assert env["packages"][package], package
+    assert len(code["fingerprint"]) == 64 and code["version"]
+    if code["git"] is not None:
+        assert len(code["git"]["commit"]) == 40 and isinstance(code["git"]["dirty"], bool)
     files = set(meta["files"])
     assert {"spec.yaml", "metrics.json", "sources/toy/ground_truth.safetensors"} <= files
     assert sum(f.endswith("sae.safetensors") for f in files) == 4

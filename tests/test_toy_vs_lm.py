@@ -58,6 +58,10 @@ def test_bundle_holds_lm_tokenizer_corpus_hash_cells_and_figures(bundle):
         assert "mmcs_truth" not in m
     assert all("mmcs_truth" in c["metrics"] for c in by_source["toy"])
     assert set(metrics["analyses"]["feature_count"]) == {"toy", "lm"}
+    rows = metrics["analyses"]["toy_vs_lm"]["rows"]
+    assert [(r["l1"], r["m"]) for r in rows] == [(l1, m) for l1 in (1.0, 3.0) for m in (16, 32, 64)]
+    assert all(r["toy_dead_frac"] is not None and r["lm_dead_frac"] is not None for r in rows)
+    assert rows[0]["toy_mmcs_larger"] is not None and rows[2]["lm_mmcs_larger"] is None  # the largest has none
     assert (path / "report/toy_vs_lm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

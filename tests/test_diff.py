@@ -12,18 +12,7 @@ from engine.cli import sae_diff
 from engine.plan import make_plan
 from engine.runner import run
 from engine.spec import load_spec_text
-
-TINY = """\
-name: tiny
-seed: 0
-sources:
-  toy: {kind: toy, n_features: 12, dim: 8, active_per_sample: 2, correlation: none}
-sae:
-  dict_ratio: [1, 2]
-  l1: [0.03, 0.1]
-  train: {steps: 150, batch: 64, lr: 3.0e-3}
-eval: {samples: 512, curve_every: 50}
-"""
+from tiny import TINY
 
 
 def bundle(tmp_path_factory, name, overrides=(), text=TINY):

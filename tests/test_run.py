@@ -15,18 +15,8 @@ from engine.plan import make_plan
 from engine.runner import run
 from engine.spec import load_spec, load_spec_text
 from sae.metrics import mmcs_truth
+from tiny import TINY
 
-TINY = """\
-name: tiny
-seed: 0
-sources:
-  toy: {kind: toy, n_features: 12, dim: 8, active_per_sample: 2, correlation: none}
-sae:
-  dict_ratio: [1, 2]
-  l1: [0.03, 0.1]
-  train: {steps: 150, batch: 64}
-eval: {samples: 512, curve_every: 50}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import hashlib
 import importlib.metadata
 import platform
 import subprocess
-import sys
 from functools import lru_cache
 from pathlib import Path
 

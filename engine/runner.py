@@ -21,9 +21,9 @@ from engine.bundle import BundleWriter, verify
 from engine.cellstore import KeyedStore, cell_store
 from engine.errors import BundleError, CellFailure
 from engine.hashing import stable_json
-from engine.plan import Cell, Plan, SourcePlan, make_plan, step_flops
+from engine.plan import Cell, Plan, SourcePlan, step_flops
 from engine.seeding import torch_generator
-from engine.spec import dump_spec, resolved
+from engine.spec import dump_spec
 from engine.sources import PreparedSource, ToySourceData
 from sae.init import init_weights
 from sae.metrics import evaluate
@@ -128,10 +128,7 @@ def run(plan: Plan, results: Path, *, rerun: bool = False, log: Log = lambda s: 
 
 
 def _cached(final: Path, code: dict) -> Outcome | None:
-    try:
-        v = verify(final)
-    except BundleError:
-        raise
+    v = verify(final)
     if not v.ok:
         raise BundleError(
             f"{final}: exists but fails verification ({len(v.changed)} changed, {len(v.missing)} missing, "
@@ -325,4 +322,4 @@ def dry_run_lines(plan: Plan) -> list[str]:
     return lines
 
 
-__all__ = ["run", "make_plan", "dry_run_lines", "Outcome", "RunFailed", "bundle_path"]
+__all__ = ["run", "dry_run_lines", "Outcome", "RunFailed", "bundle_path"]

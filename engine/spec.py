@@ -18,7 +18,7 @@ from engine import convert, schema, yamlio
 from engine.errors import Problem, SpecError
 from engine.hashing import SPEC_HASH_VERSION, tagged_hash
 from engine.sweep import is_sweep
-from engine.yamlio import Positions, format_path
+from engine.yamlio import format_path
 
 MAX_SPEC_BYTES = 1 << 20
 

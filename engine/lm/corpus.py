@@ -442,7 +442,7 @@ def hub_unreachable_reason(timeout: float = HUB_CONNECT_TIMEOUT_S) -> str | None
 
 def _load_hub(spec: CorpusSpec) -> tuple[list[str], dict]:
     name = spec.hf
-    hint = f"use corpus 'files: [...]' with local .txt/.jsonl/.parquet files, or 'builtin: python-docs'"
+    hint = "use corpus 'files: [...]' with local .txt/.jsonl/.parquet files, or 'builtin: python-docs'"
     reason = hub_unreachable_reason()
     offline_mode = reason is not None and reason.endswith("is set")
     if reason is not None and not offline_mode:

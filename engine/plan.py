@@ -115,7 +115,22 @@ def source_key(seed: int, src) -> str:
     return tagged_hash(SOURCE_KEY_VERSION, {"seed": seed, "source": convert.unstructure(src)})
 
 
+def resolve_device(requested: str) -> str:
+    """'cpu' | 'cuda' | 'auto' -> the device that runs (auto: cuda where a GPU exists)."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise SpecError([Problem("<run>", None, None, "run.device", "cuda requested, but no CUDA GPU is available here (use cpu or auto)")])
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return requested
+
+
 def make_plan(spec: schema.Spec) -> Plan:
+    """Expand ``spec`` into cells. ``run.device: auto`` is resolved here, so a cell's key
+    names the device that computes it."""
+    spec = attrs.evolve(spec, run=attrs.evolve(spec.run, device=resolve_device(spec.run.device)))
     problems: list[tuple[tuple, str]] = []
     sources: dict[str, SourcePlan] = {}
     cells: dict[str, Cell] = {}

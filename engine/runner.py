@@ -160,7 +160,7 @@ def make_groups(cells: list[Cell]) -> list[list[Cell]]:
 @torch.no_grad()
 def firing_frequency(model: ReluL1, e: int, x_eval: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """[m] float32: the share of evaluation samples on which each atom's code is > 0."""
-    counts = torch.zeros(model.m, dtype=torch.float64)
+    counts = torch.zeros(model.m, dtype=torch.float64, device=x_eval.device)
     for i in range(0, x_eval.shape[0], chunk):
         counts += (model.member_forward(x_eval[i : i + chunk], e)[1] > 0).sum(dim=0, dtype=torch.float64)
     return (counts / x_eval.shape[0]).float()
@@ -202,13 +202,18 @@ def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> tuple[lis
     """Train cells as one ensemble: (finished cells, their cell-store files, failed cells).
 
     A member whose loss turns non-finite fails alone: the group restarts without it, which
-    gives the others the very bytes they would have had anyway (members are independent)."""
+    gives the others the very bytes they would have had anyway (members are independent).
+    Data is drawn on the CPU (its streams are CPU generators) and moved to ``run.device``."""
     first = cells[0].sae
+    device = torch.device(plan.spec.run.device)
+    eval_x = src.eval_x.to(device)
+    truth = src.truth.to(device) if src.truth is not None else None
     failures: list[CellFailure] = []
     while cells:
-        model = _initial_model(cells, src, plan.spec.seed)
+        model = _initial_model(cells, src, plan.spec.seed).to(device)
+        batches = src.batches(first.batch)
         try:
-            curves = train(model, src.batches(first.batch), first.steps, first.lr, lambda m: evaluate(m, src.eval_x, src.truth), plan.spec.eval.curve_every)
+            curves = train(model, lambda step: batches(step).to(device), first.steps, first.lr, lambda m: evaluate(m, eval_x, truth), plan.spec.eval.curve_every)
             break
         except NonFiniteLoss as e:
             bad = set(e.members)
@@ -217,12 +222,12 @@ def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> tuple[lis
     if not cells:
         return [], [], failures
 
-    final = evaluate(model, src.eval_x, src.truth)  # member by member: independent of batch-mates
+    final = evaluate(model, eval_x, truth)  # member by member: independent of batch-mates
     out = []
     for e, cell in enumerate(cells):
         metrics = _scalars({k: v[e] for k, v in final.items()})
         with torch.no_grad():
-            metrics.update(_scalars(src.cell_metrics(lambda x, e=e: model.member_forward(x, e)[0])))
+            metrics.update(_scalars(src.cell_metrics(lambda x, e=e: model.member_forward(x.to(device), e)[0].cpu())))
         member_curves = {k: list(vals) if k == "step" else [_finite(point[e]) for point in vals] for k, vals in curves.items()}
         cell_json = {
             "key": cell.key,
@@ -234,7 +239,7 @@ def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> tuple[lis
         out.append(
             {
                 "sae.safetensors": tensors_io.to_bytes(
-                    {**model.member_tensors(e), "firing_frequency": firing_frequency(model, e, src.eval_x)},
+                    {k: v.cpu() for k, v in {**model.member_tensors(e), "firing_frequency": firing_frequency(model, e, eval_x)}.items()},
                     {"format": "relu_l1/v1", "cell_key": cell.key},
                 ),
                 "cell.json": stable_json(cell_json).encode(),
@@ -309,7 +314,7 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
 
 def dry_run_lines(plan: Plan) -> list[str]:
     spec = plan.spec
-    lines = [f"spec {spec.name}  hash {plan.spec_hash[:12]}  seed {spec.seed}  threads {spec.run.threads}"]
+    lines = [f"spec {spec.name}  hash {plan.spec_hash[:12]}  seed {spec.seed}  threads {spec.run.threads}  device {spec.run.device}"]
     for sp in plan.sources:
         lines.append(f"source {sp.name}: {sp.kind}, width {sp.width}, key {sp.key[:12]}")
     total = 0.0

@@ -1,6 +1,6 @@
 """Training loop for an ensemble of SAEs (``ReluL1``): Adam, decoder renormalisation, curves.
 
-The hot loop is: fetch batch -> forward (per-member matrix products) -> backward -> Adam ->
+The hot loop is: fetch batch -> closed-form forward and gradients (five matrix products) -> Adam ->
 renormalise atoms -> a finiteness check on the E loss values. Metrics run only at curve points.
 """
 
@@ -49,8 +49,8 @@ def train(
     """Train every member of ``model`` in place for ``steps`` steps.
 
     Per step t = 0 .. steps-1: ``x = next_batch(t)`` ([B, d], shared by all members, or
-    [E, B, d]); ``loss = model.losses(x)['loss'].sum()``; backward; one
-    ``torch.optim.Adam(model.parameters(), lr)`` step (default betas and eps, constant lr, no
+    [E, B, d]); ``model.loss_and_grad_(x)`` (the gradient of ``losses(x)['loss'].sum()`` in
+    closed form); one ``torch.optim.Adam(model.parameters(), lr)`` step (default betas and eps, constant lr, no
     warm-up, no clipping, no weight decay); ``model.renormalise_decoder_()``; then
     ``on_step(t + 1)`` (the number of updates done) if given.
 
@@ -108,7 +108,7 @@ def train(
 
     for t in range(steps):
         x = next_batch(t)
-        losses = model.losses(x)
+        losses = model.loss_and_grad_(x)
         loss_vec = losses["loss"]
         _check_finite(loss_vec, t)
         if pending_zero:
@@ -117,8 +117,6 @@ def train(
         acc += torch.stack([losses[k].detach() for k in keys]).cpu()
         n_acc += 1
 
-        opt.zero_grad(set_to_none=True)
-        loss_vec.sum().backward()
         opt.step()
         model.renormalise_decoder_()
         if on_step is not None:

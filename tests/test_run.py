@@ -168,14 +168,14 @@ def test_threads_flag_is_part_of_identity(tiny_spec_file):
 def test_a_failing_cell_does_not_take_its_batch_mates(tmp_path, monkeypatch):
     from sae.relu_l1 import ReluL1
 
-    losses = ReluL1.losses
+    step = ReluL1.loss_and_grad_
 
     def poisoned(self, x):  # the member with l1 == 0.5 diverges at once
-        out = losses(self, x)
+        out = step(self, x)
         out["loss"] = torch.where(self.l1 == 0.5, torch.full_like(out["loss"], float("nan")), out["loss"])
         return out
 
-    monkeypatch.setattr(ReluL1, "losses", poisoned)
+    monkeypatch.setattr(ReluL1, "loss_and_grad_", poisoned)
     spec = tmp_path / "nan.yaml"
     spec.write_text(TINY.replace("[0.03, 0.1]", "[0.1, 0.5]").replace("[1, 2]", "1"))
     plan = make_plan(load_spec(spec))
@@ -191,3 +191,13 @@ def test_a_failing_cell_does_not_take_its_batch_mates(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith("tiny")]
     r = cli.invoke(sae_run, [str(spec), "--results", str(tmp_path / "r")])
     assert r.exit_code == 1 and "1 of 2 cells already finished" in r.output
+
+
+def test_device_cuda_and_auto(tiny_spec_file):
+    auto = make_plan(load_spec(tiny_spec_file, ["run.device=auto"]))
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert auto.spec.run.device == expected
+    assert [c.key for c in auto.cells] == [c.key for c in make_plan(load_spec(tiny_spec_file, [f"run.device={expected}"])).cells]
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(sae_run, [str(tiny_spec_file), "--set", "run.device=cuda", "--dry-run"])
+        assert r.exit_code == 2 and "run.device: cuda requested, but no CUDA GPU is available" in r.output

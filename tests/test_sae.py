@@ -238,7 +238,8 @@ def run(kind, d, m, B, steps, l1, seeds, decoder_bias=False, curve_every=10, wit
         ("orthogonal", 64, 256, 64, False, 2),  # aligned, vectorised sizes
         ("orthogonal", 64, 256, 64, False, 1),
         ("data_samples", 5, 11, 7, True, 2),  # odd sizes: scalar tails, unaligned member slices
-        ("tied", 16, 48, 37, False, 2),
+        ("tied", 16, 48, 37, False, 2),  # aligned weights, odd batch: the per-member loop
+        ("orthogonal", 16, 48, 32, True, 2),  # the batched (bmm) path with a decoder bias
     ],
 )
 def test_ensemble_bit_identical(kind, d, m, B, decoder_bias, threads):
@@ -259,6 +260,25 @@ def test_ensemble_bit_identical(kind, d, m, B, decoder_bias, threads):
         for key in curves:
             if key != "step":
                 assert [p[0] for p in curves[key]] == [p[e] for p in ens_curves[key]], (e, key)
+
+
+@pytest.mark.parametrize("d,m,B,decoder_bias", [(16, 32, 64, False), (16, 32, 64, True), (5, 11, 7, True)])
+def test_closed_form_gradients_match_autograd(d, m, B, decoder_bias):
+    data, _ = planted_stream(d, 6, B, 1, seed=3)
+    model = ReluL1.from_init("orthogonal", d, m, [0.1, 2.0], gens(0, 1), decoder_bias=decoder_bias)
+    with torch.no_grad():
+        model.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(5))  # some codes off
+    assert model.batched == (d % 16 == 0 and m % 16 == 0)
+    reference = model.losses(data[0])
+    reference["loss"].sum().backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = None
+    got = model.loss_and_grad_(data[0])
+    for key in ("loss", "mse", "l1"):
+        torch.testing.assert_close(got[key], reference[key].detach(), rtol=1e-5, atol=1e-7)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_training_lowers_loss_and_records_curves():

@@ -1,0 +1,45 @@
+"""Smoke test: every benchmark script runs at tiny size and prints its figures.
+
+Benchmarks are not tests: nothing here asserts a time, only that each script still runs and
+reports what it measured."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, "--quick", *args], cwd=BENCH, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "script,expect",
+    [
+        ("roofline.py", ["gemm rate", "% of the roofline", "speed-up over plain"]),
+        ("sweep.py", ["batched", "one after another", "speed-up"]),
+        ("datagen.py", ["generate (batch)", "M samples/s", "SAE step"]),
+        ("e2e.py", ["specs/toy_quick.yaml", "cache hit"]),
+    ],
+)
+def test_benchmark_runs(script, expect):
+    r = run(script)
+    assert r.returncode == 0, r.stderr
+    for text in expect:
+        assert text in r.stdout, (text, r.stdout)
+
+
+def test_saelens_benchmark_runs_or_names_the_missing_dependency():
+    r = run("saelens.py")
+    try:
+        import sae_lens  # noqa: F401
+    except ImportError:
+        assert r.returncode == 3 and "pip install sae-lens" in r.stderr, (r.returncode, r.stderr)
+    else:
+        assert r.returncode == 0, r.stderr
+        assert "steps/s" in r.stdout and "MMCS" in r.stdout

@@ -10,6 +10,7 @@ digests no longer match is treated as absent and recomputed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -45,8 +46,13 @@ class KeyedStore:
         final = self.dir(key)
         if self.done(key) is not None:
             return
-        if final.exists():  # an old, broken copy
-            shutil.rmtree(final, ignore_errors=True)
+        if final.exists() and self.done(key) is None:  # an old, broken copy
+            trash = temp_sibling(final)
+            try:
+                os.rename(final, trash)  # atomically out of the way, then deleted
+            except OSError:
+                return
+            shutil.rmtree(trash, ignore_errors=True)
         tmp = temp_sibling(final)
         tmp.mkdir()
         for name, data in files.items():

@@ -201,3 +201,13 @@ def test_device_cuda_and_auto(tiny_spec_file):
     if not torch.cuda.is_available():
         r = CliRunner().invoke(sae_run, [str(tiny_spec_file), "--set", "run.device=cuda", "--dry-run"])
         assert r.exit_code == 2 and "run.device: cuda requested, but no CUDA GPU is available" in r.output
+
+
+def test_a_damaged_finished_cell_is_recomputed(first_run, tiny_spec_file, tmp_path):
+    results, outcome = first_run
+    shutil.copytree(results / ".cells", tmp_path / ".cells")
+    damaged = next((tmp_path / ".cells").iterdir()) / "sae.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-7])  # truncated
+    resumed = run(make_plan(load_spec(tiny_spec_file)), tmp_path)
+    assert resumed.trained == 1 and resumed.reused == 3
+    assert json.loads((resumed.path / "bundle.json").read_text())["content_digest"] == outcome.meta["content_digest"]

@@ -21,22 +21,30 @@ plus ``pip install -e .``). Without ``sae_lens`` the script exits with status 3.
 
 2. Steps and seconds to MMCS >= 0.99 (``sae.metrics.mmcs_truth``: mean over ground-truth
    features of the max signed cosine with any decoder atom). ONE data source for both: this
-   project's ``ToyData`` with correlation "none" (512 features in 256 dims, 5 active on
-   average, decay 0.99, magnitudes U[0,1)); at a given seed both libraries see the very same
-   stream of batches. m=1024, batch 1024 for both. MMCS is checked every ``--every`` steps;
-   evaluation time is excluded. Each library's best (lr, l1) is picked from a small grid
-   (below), run in the order listed; after the first run that reaches the target, every later
-   run is cut off at the best step count so far (it cannot win past it), so cut-off runs
-   report "not by step N". The winner is then rerun at the other seeds and medians are
-   reported. SAELens keeps its default init and normalisation options (decoder rows at norm
-   0.1 with W_enc = W_dec^T, b_dec subtracted from the input, no activation normalisation,
-   L1 weighted by decoder norms, grad-norm clipping at 1); sae-repro keeps the report's
-   (orthogonal init, no b_dec, atoms renormalised to unit norm after every Adam step).
+   project's ``ToyData`` with correlation "none", 512 features in 256 dims, 5 active on
+   average, magnitudes U[0,1), and ``--decay 1`` (every feature fires with p = 5/512, as
+   SAELens's constant-probability ``ActivationGenerator``; with the report's decay 0.99 the
+   rarest features fire about once per three batches, and in a trial neither library reached
+   0.99 within 3000 steps). At a given seed both libraries see the very same stream of batches. m=1024,
+   batch 1024 for both. MMCS is checked every ``--every`` steps; evaluation time is excluded.
+   Each library's best (lr, l1) is picked from a small grid (below), run in the order listed;
+   after the first run that reaches the target, every later run is cut off at the best step
+   count so far (it cannot win past it), so cut-off runs report "not by step N". The winner
+   is rerun at the other seeds and medians are reported. SAELens keeps its default init and
+   normalisation options (decoder rows at norm 0.1 with W_enc = W_dec^T, b_dec subtracted
+   from the input, no activation normalisation, L1 weighted by decoder norms, grad-norm
+   clipping at 1); sae-repro keeps the report's (orthogonal init, no b_dec, atoms
+   renormalised to unit norm after every Adam step).
+
+3. Ablations at seed 0, to say where a difference in steps comes from: each library at the
+   other's best (lr, l1); SAELens with ``decoder_init_norm=1``; sae-repro with a tied init.
 
 L1 conventions: sae-repro's loss is mean_{b,i}(x - x_hat)^2 + l1 * mean_b(sum_j c_j) / m;
 SAELens sums the squared error over the d dims and does not divide by m, so
 l1_coefficient = l1 * d / m gives the same optimum (REFERENCE.md section 2). Adam is
-invariant to the overall scale of the loss, so one lr means the same in both.
+invariant to the overall scale of the loss (up to its eps), so one lr means the same step
+size per weight in both; not the same step relative to the weights, since SAELens's atoms
+start at norm 0.1 and ours are kept at 1.
 """
 
 from __future__ import annotations
@@ -57,8 +65,8 @@ from toydata import ToyData, ToyDataConfig
 TARGET = 0.99
 # The search grids, tried in this order (the expected best first, so the cut-off bites early).
 # l1 is in sae-repro's convention; SAELens gets l1_coefficient = l1 * d / m.
-OURS_GRID = [(3e-3, 1.0), (1e-3, 1.0), (3e-3, 0.3), (3e-3, 3.0), (1e-2, 1.0)]
-SAELENS_GRID = [(1e-3, 1.0), (3e-4, 1.0), (3e-3, 1.0), (1e-3, 0.3), (1e-3, 3.0)]
+OURS_GRID = [(1e-2, 0.5), (1e-2, 0.3), (1e-2, 1.0), (5e-3, 0.5), (3e-3, 1.0), (2e-2, 0.3)]
+SAELENS_GRID = [(5e-3, 1.0), (1e-2, 0.5), (1e-2, 1.0), (3e-3, 1.0), (3e-3, 0.5), (1e-3, 1.0)]
 
 
 def import_sae_lens():
@@ -67,29 +75,34 @@ def import_sae_lens():
         import sae_lens
         from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
         from sae_lens.config import LoggingConfig, SAETrainerConfig
-        from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, SyntheticActivationIterator
+        from sae_lens.synthetic import (
+            ActivationGenerator,
+            FeatureDictionary,
+            SyntheticActivationIterator,
+        )
     except ImportError as e:
         print(f"bench/saelens.py needs SAELens ({e}): pip install sae-lens (in a separate virtualenv, with this project installed)", file=sys.stderr)
         sys.exit(3)
-    return dict(
-        version=sae_lens.__version__,
-        SAETrainer=SAETrainer,
-        StandardTrainingSAE=StandardTrainingSAE,
-        StandardTrainingSAEConfig=StandardTrainingSAEConfig,
-        LoggingConfig=LoggingConfig,
-        SAETrainerConfig=SAETrainerConfig,
-        ActivationGenerator=ActivationGenerator,
-        FeatureDictionary=FeatureDictionary,
-        SyntheticActivationIterator=SyntheticActivationIterator,
-    )
+    return {
+        "version": sae_lens.__version__,
+        "SAETrainer": SAETrainer,
+        "StandardTrainingSAE": StandardTrainingSAE,
+        "StandardTrainingSAEConfig": StandardTrainingSAEConfig,
+        "LoggingConfig": LoggingConfig,
+        "SAETrainerConfig": SAETrainerConfig,
+        "ActivationGenerator": ActivationGenerator,
+        "FeatureDictionary": FeatureDictionary,
+        "SyntheticActivationIterator": SyntheticActivationIterator,
+    }
 
 
 # ---------------------------------------------------------------------------- SAELens
-def saelens_trainer(sl, d, m, B, lr, l1_coefficient, batches, seed, steps):
-    """A default ``StandardTrainingSAE`` and an ``SAETrainer`` configured as ``train_toy_sae``
-    configures it; returns (sae, one_step). SAELens draws its init from the global RNG."""
+def saelens_trainer(sl, d, m, B, lr, l1_coefficient, batches, seed, steps, **sae_options):
+    """A ``StandardTrainingSAE`` (defaults unless ``sae_options`` override config fields) and an
+    ``SAETrainer`` configured as ``train_toy_sae`` configures it; returns (sae, one_step).
+    SAELens draws its init from the global RNG."""
     torch.manual_seed(seed)
-    sae = sl["StandardTrainingSAE"](sl["StandardTrainingSAEConfig"](d_in=d, d_sae=m, l1_coefficient=l1_coefficient))
+    sae = sl["StandardTrainingSAE"](sl["StandardTrainingSAEConfig"](d_in=d, d_sae=m, l1_coefficient=l1_coefficient, **sae_options))
     cfg = sl["SAETrainerConfig"](
         total_training_samples=steps * B,
         train_batch_size_samples=B,
@@ -120,11 +133,11 @@ def saelens_generator(sl, n, d, B, seed):
     return sl["SyntheticActivationIterator"](feature_dict, acts, B)
 
 
-def saelens_converge(sl, data, d, m, B, lr, l1, seed, cap, every):
+def saelens_converge(sl, data, d, m, B, lr, l1, seed, cap, every, **sae_options):
     """Train SAELens on ``data`` until MMCS >= TARGET or ``cap`` steps; eval time excluded."""
     gen = torch.Generator().manual_seed(1000 + seed)
     batches = (data.sample(B, gen)[0] for _ in itertools.count())
-    sae, step = saelens_trainer(sl, d, m, B, lr, l1 * d / m, batches, seed, cap)
+    sae, step = saelens_trainer(sl, d, m, B, lr, l1 * d / m, batches, seed, cap, **sae_options)
     seconds, mmcs = 0.0, float("nan")
     for s in range(1, cap + 1):
         t = time.perf_counter()
@@ -133,8 +146,9 @@ def saelens_converge(sl, data, d, m, B, lr, l1, seed, cap, every):
         if s % every == 0 or s == cap:
             mmcs = mmcs_truth(data.features, sae.W_dec.detach())["mmcs_truth"]
             if mmcs >= TARGET:
-                return dict(steps=s, seconds=seconds, mmcs=mmcs, last=s)
-    return dict(steps=None, seconds=seconds, mmcs=mmcs, last=cap)
+                break
+    norm = float(sae.W_dec.detach().norm(dim=1).median())
+    return {"steps": s if mmcs >= TARGET else None, "seconds": seconds, "mmcs": mmcs, "last": s, "atom_norm": norm}
 
 
 # ---------------------------------------------------------------------------- sae-repro
@@ -157,11 +171,11 @@ class _Reached(Exception):
     pass
 
 
-def ours_converge(data, d, m, B, lr, l1, seed, cap, every):
+def ours_converge(data, d, m, B, lr, l1, seed, cap, every, init="orthogonal"):
     """``sae.train.train`` on ``data`` until MMCS >= TARGET or ``cap`` steps; eval time excluded."""
     gen = torch.Generator().manual_seed(1000 + seed)
-    model = ReluL1.from_init("orthogonal", d, m, [l1], [torch.Generator().manual_seed(seed)])
-    state = dict(eval_s=0.0, mmcs=float("nan"), step=0)
+    model = ReluL1.from_init(init, d, m, [l1], [torch.Generator().manual_seed(seed)])
+    state = {"eval_s": 0.0, "mmcs": float("nan"), "step": 0}
 
     def evaluate(model):
         t = time.perf_counter()
@@ -181,7 +195,7 @@ def ours_converge(data, d, m, B, lr, l1, seed, cap, every):
     except _Reached:
         reached = True
     seconds = time.perf_counter() - t - state["eval_s"]
-    return dict(steps=state["step"] if reached else None, seconds=seconds, mmcs=state["mmcs"], last=state["step"])
+    return {"steps": state["step"] if reached else None, "seconds": seconds, "mmcs": state["mmcs"], "last": state["step"]}
 
 
 # ---------------------------------------------------------------------------- the comparison
@@ -208,9 +222,18 @@ def throughput(sl, a):
 
 
 def describe(r):
+    norm = f", median atom norm {r['atom_norm']:.2f}" if "atom_norm" in r else ""
     if r["steps"] is not None:
-        return f"MMCS {r['mmcs']:.4f} at step {r['steps']}, {r['seconds']:.1f} s training ({r['seconds'] / r['steps'] * 1e3:.1f} ms/step)"
-    return f"not by step {r['last']} (MMCS {r['mmcs']:.4f} there), {r['seconds']:.1f} s"
+        return f"MMCS {r['mmcs']:.4f} at step {r['steps']}, {r['seconds']:.1f} s training ({r['seconds'] / r['steps'] * 1e3:.1f} ms/step){norm}"
+    return f"not by step {r['last']} (MMCS {r['mmcs']:.4f} there), {r['seconds']:.1f} s{norm}"
+
+
+def _rank(r):
+    """Sort key: reached before not reached; then fewer steps, then fewer seconds; a run that
+    did not reach ranks by its final MMCS."""
+    if r["steps"] is None:
+        return (1, 0, -r["mmcs"])
+    return (0, r["steps"], r["seconds"])
 
 
 def search(name, grid, run, cap):
@@ -221,31 +244,50 @@ def search(name, grid, run, cap):
         limit = min(cap, best[1]["steps"]) if best and best[1]["steps"] else cap
         r = run(lr, l1, limit)
         print(f"  {name:9s} lr={lr:g} l1={l1:g}: {describe(r)}", flush=True)
-        key = lambda x: (x["steps"] is None, x["steps"] or 0, x["seconds"] if x["steps"] else -x["mmcs"])  # noqa: E731
-        if best is None or key(r) < key(best[1]):
+        if best is None or _rank(r) < _rank(best[1]):
             best = ((lr, l1), r)
     return best
 
 
 def convergence(sl, a):
-    """Part 2: each library's best grid setting, then that setting at every seed."""
+    """Part 2: each library's best grid setting, then that setting at every seed; then the
+    ablations (seed 0) that test where a difference in steps comes from. Returns
+    ({library: ((lr, l1), [result per seed])}, [(label, result) per ablation])."""
     d, m, B = a.d, a.m, a.batch
     g = torch.Generator().manual_seed(0)
     data = ToyData.build(ToyDataConfig(n_features=2 * d, dim=d, active_per_sample=5, decay=a.decay, correlation="none"), g, g)
     runs = {
-        "sae-repro": lambda lr, l1, seed, cap: ours_converge(data, d, m, B, lr, l1, seed, cap, a.every),
-        "SAELens": lambda lr, l1, seed, cap: saelens_converge(sl, data, d, m, B, lr, l1, seed, cap, a.every),
+        "sae-repro": lambda lr, l1, seed, cap, **k: ours_converge(data, d, m, B, lr, l1, seed, cap, a.every, **k),
+        "SAELens": lambda lr, l1, seed, cap, **k: saelens_converge(sl, data, d, m, B, lr, l1, seed, cap, a.every, **k),
     }
     grids = {"sae-repro": a.ours_grid, "SAELens": a.saelens_grid}
-    out = {}
+    best = {}
     print(f"# search (seed 0; l1 in sae-repro's convention, SAELens l1_coefficient = l1*{d}/{m}):", flush=True)
     for name, run in runs.items():
         (lr, l1), r0 = search(name, grids[name], lambda lr, l1, cap, run=run: run(lr, l1, 0, cap), a.cap)
         results = [r0] + [run(lr, l1, s, a.cap) for s in range(1, a.seeds)]
         for s, r in enumerate(results[1:], 1):
             print(f"  {name:9s} lr={lr:g} l1={l1:g} seed {s}: {describe(r)}", flush=True)
-        out[name] = ((lr, l1), results)
-    return out
+        best[name] = ((lr, l1), results)
+
+    # Ablations, seed 0, capped at 4x the slower winner's steps: same hyperparameters for both
+    # libraries, SAELens without its 0.1 decoder-norm init, sae-repro with a tied init.
+    reached = [r[0]["steps"] for _, r in best.values() if r[0]["steps"]]
+    cap = min(a.cap, 4 * max(reached)) if len(reached) == 2 else a.cap
+    (o_lr, o_l1), (s_lr, s_l1) = best["sae-repro"][0], best["SAELens"][0]
+    cases = [
+        (f"sae-repro at SAELens's best (lr {s_lr:g}, l1 {s_l1:g})", lambda: runs["sae-repro"](s_lr, s_l1, 0, cap)),
+        (f"SAELens at sae-repro's best (lr {o_lr:g}, l1 {o_l1:g})", lambda: runs["SAELens"](o_lr, o_l1, 0, cap)),
+        ("SAELens best, decoder_init_norm=1 (unit atoms)", lambda: runs["SAELens"](s_lr, s_l1, 0, cap, decoder_init_norm=1.0)),
+        ("sae-repro best, tied init (W_enc = W_dec^T)", lambda: runs["sae-repro"](o_lr, o_l1, 0, cap, init="tied")),
+    ]
+    print(f"# ablations (seed 0, cap {cap} steps):", flush=True)
+    ablations = []
+    for label, fn in cases:
+        r = fn()
+        print(f"  {label}: {describe(r)}", flush=True)
+        ablations.append((label, r))
+    return best, ablations
 
 
 def median_or_none(values):
@@ -263,9 +305,12 @@ def main():
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--cap", type=int, default=3000, help="step cap of a convergence run")
-    p.add_argument("--every", type=int, default=50, help="MMCS is checked every this many steps")
+    p.add_argument("--every", type=int, default=10, help="MMCS is checked every this many steps")
     p.add_argument("--seeds", type=int, default=3, help="seeds for each library's best setting")
-    fmt = lambda g: ",".join(f"{lr:g}:{l1:g}" for lr, l1 in g)  # noqa: E731
+
+    def fmt(grid):
+        return ",".join(f"{lr:g}:{l1:g}" for lr, l1 in grid)
+
     p.add_argument("--ours-grid", type=parse_grid, default=OURS_GRID, help=f"lr:l1,... (default {fmt(OURS_GRID)})")
     p.add_argument("--saelens-grid", type=parse_grid, default=SAELENS_GRID, help=f"lr:l1,... with l1 in sae-repro's convention (default {fmt(SAELENS_GRID)})")
     p.add_argument("--decay", type=float, default=1.0, help="feature i fires with p proportional to decay**i (1: all equally often)")
@@ -296,12 +341,12 @@ def main():
             ("sae-repro generator alone", f"{t['ours data'] * 1e3:.2f} ms per batch (ToyData correlation 'batch', 5 active, U[0,1) magnitudes)"),
         ]
 
-    conv = convergence(sl, a)
+    conv, ablations = convergence(sl, a)
     rows.append(
         (
             "2. to MMCS >= 0.99",
-            f"data: sae-repro ToyData(n_features={2 * d}, dim={d}, active_per_sample=5, decay={a.decay:g}, correlation 'none', U[0,1) magnitudes), "
-            f"same batches for both; m={m}, batch {B}; MMCS every {a.every} steps (eval time excluded); cap {a.cap} steps; seeds 0..{a.seeds - 1}",
+            (f"data: sae-repro ToyData(n_features={2 * d}, dim={d}, active_per_sample=5, decay={a.decay:g}, correlation 'none', U[0,1) magnitudes), "
+            f"same batches for both; m={m}, batch {B}; MMCS every {a.every} steps (eval time excluded); cap {a.cap} steps; seeds 0..{a.seeds - 1}"),
         )
     )
     rows.append(("searched sae-repro (lr:l1)", ", ".join(f"{lr:g}:{l1:g}" for lr, l1 in a.ours_grid) + "; orthogonal init, unit-norm atoms, no b_dec, Adam defaults"))
@@ -316,20 +361,24 @@ def main():
     for name, ((lr, l1), results) in conv.items():
         steps = median_or_none([r["steps"] for r in results])
         secs = statistics.median(r["seconds"] for r in results)
-        extra = f" (SAELens l1_coefficient {l1 * d / m:g})" if name == "SAELens" else ""
-        per_seed = "; ".join(f"{r['steps'] if r['steps'] else '>' + str(r['last'])}" for r in results)
+        extra = f" (l1_coefficient {l1 * d / m:g})" if name == "SAELens" else ""
+        per_seed = ", ".join(str(r["steps"]) if r["steps"] else f">{r['last']}" for r in results)
         if steps is None:
             mm = statistics.median(r["mmcs"] for r in results)
-            rows.append((f"{name} best", f"lr {lr:g}, l1 {l1:g}{extra}: MMCS {mm:.4f} at the cap of {a.cap} steps (steps per seed: {per_seed}), {secs:.1f} s"))
+            rows.append((f"{name} best", f"lr {lr:g}, l1 {l1:g}{extra}: median MMCS {mm:.4f} at the cap of {a.cap} steps (steps per seed: {per_seed}), {secs:.1f} s"))
         else:
             rows.append((f"{name} best", f"lr {lr:g}, l1 {l1:g}{extra}: median {steps:.0f} steps, {secs:.1f} s to MMCS >= 0.99 (steps per seed: {per_seed})"))
         summary[name] = (steps, secs)
     (s_o, t_o), (s_s, t_s) = summary["sae-repro"], summary["SAELens"]
     if s_o is not None and s_s is not None:
-        faster = "sae-repro" if t_o < t_s else "SAELens"
-        rows.append(("ratio ours/SAELens", f"steps {s_o / s_s:.2f}x, seconds {t_o / t_s:.2f}x ({faster} reaches MMCS 0.99 sooner in wall time)"))
+        fewer = "sae-repro" if s_o < s_s else "SAELens" if s_s < s_o else "neither"
+        sooner = "sae-repro" if t_o < t_s else "SAELens"
+        rows.append(("ratio ours/SAELens", f"steps {s_o / s_s:.2f}x, seconds {t_o / t_s:.2f}x: fewer steps: {fewer}; less wall time: {sooner}"))
     else:
         rows.append(("ratio ours/SAELens", "n/a: not every run reached MMCS 0.99 within the cap"))
+    rows.append(("3. ablations", "seed 0, same data and batches, one run each (cap: 4x the slower winner's steps)"))
+    for label, r in ablations:
+        rows.append((f"  {label}", describe(r)))
     rows.append(("total wall time", f"{time.perf_counter() - t0:.0f} s (after importing sae_lens)"))
     report("SAELens vs sae-repro: training steps/s and time to MMCS >= 0.99 (same run)", rows)
 

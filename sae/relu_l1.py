@@ -38,6 +38,7 @@ __all__ = ["ReluL1"]
 
 _NORM_EPS = 1e-12
 _ALIGN = 16  # floats; see ReluL1.batched
+_BATCHED_MAX = 32768  # d * m; see ReluL1.batched
 
 
 def _split(t: Tensor) -> tuple[Tensor, ...]:
@@ -252,9 +253,11 @@ class ReluL1(nn.Module):
         Only for shapes whose every per-member block is a multiple of 16 floats: there a
         member's slice of a ``bmm`` was measured bit-identical to the same product for E = 1,
         whatever E (tests/test_sae.py); for odd shapes the BLAS picks other kernels by
-        offset and the per-member loop is used. The choice depends on the member's own shape
-        only, never on its batch-mates."""
-        return self.d % _ALIGN == 0 and self.m % _ALIGN == 0
+        offset. And only for small members (d * m <= 32768, e.g. 64 x 512): there one batched
+        product beats a loop of small ones, while for larger members the CPU ``bmm`` was
+        measured slower than the loop (it splits work over the batch, not within a product).
+        The choice depends on the member's own shape only, never on its batch-mates."""
+        return self.d % _ALIGN == 0 and self.m % _ALIGN == 0 and self.d * self.m <= _BATCHED_MAX
 
     @torch.no_grad()
     def loss_and_grad_(self, x: Tensor) -> dict[str, Tensor]:

@@ -26,6 +26,8 @@ from cattrs.gen import make_dict_structure_fn
 from engine import schema
 from engine.sweep import Values, is_sweep, parse_generator
 
+MAX_INT = 2**63 - 1  # what torch and numpy hold (int64)
+
 
 class Invalid(ValueError):
     """A value error whose message is already user-facing."""
@@ -54,6 +56,8 @@ def _int(v, _):
     if type(v) is not int:
         hint = f" (write {int(v)})" if type(v) is float and v.is_integer() and abs(v) < 1e18 else ""
         raise Invalid(f"expected an integer, got {_describe(v)}{hint}")
+    if abs(v) > MAX_INT:
+        raise Invalid(f"integer {v} is out of range (at most {MAX_INT} in magnitude)")
     return v
 
 
@@ -201,7 +205,9 @@ def _attrs_hook(conv: cattrs.Converter, cl):
             raise Invalid(f"expected a mapping of {cl.__name__} settings, got {_describe(v)}")
         for k in v:
             if type(k) is not str:
-                raise Invalid(f"keys must be strings, got {_describe(k)}")
+                e = Invalid(f"a key must be a string, got {_describe(k)}")
+                e.subpath = (str(k),)  # where the key sits: positions are recorded by key text
+                raise e
         return inner(v, cl)
 
     return hook

@@ -90,12 +90,50 @@ def load(path: Path) -> Loaded:
         raise BundleError("; ".join(v.lines()))
     try:
         spec, _ = yamlio.load((path / "spec.yaml").read_text(encoding="utf-8"), str(path / "spec.yaml"))
+    except yamlio.yaml.YAMLError as e:
+        raise BundleError(f"{yamlio.yaml_problem(e, str(path / 'spec.yaml'))} (a corrupt bundle)") from None
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path / 'spec.yaml'}: corrupt ({e.__class__.__name__}: {_first_line(e)})") from None
+    try:
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, yamlio.yaml.YAMLError) as e:
-        raise BundleError(f"{path}: corrupt ({e.__class__.__name__}: {e})") from None
-    if not isinstance(spec, dict) or not isinstance(metrics, dict) or not isinstance(metrics.get("cells"), dict):
-        raise BundleError(f"{path}: corrupt (spec.yaml or metrics.json has an unexpected shape)")
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path / 'metrics.json'}: corrupt ({e.__class__.__name__}: {_first_line(e)})") from None
+    if not isinstance(spec, dict):
+        raise BundleError(f"{path / 'spec.yaml'}: corrupt (expected a mapping, got {type(spec).__name__})")
+    problem = _metrics_problem(metrics)
+    if problem:
+        raise BundleError(f"{path / 'metrics.json'}: corrupt ({problem})")
     return Loaded(path, v.meta, spec, metrics)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0]
+
+
+def _metrics_problem(metrics) -> str | None:
+    """What in ``metrics.json`` is not shaped as the diff reads it, or None."""
+    if not isinstance(metrics, dict):
+        return "expected a JSON object"
+    cells = metrics.get("cells")
+    if not isinstance(cells, dict):
+        return "no 'cells' object"
+    for cid, cell in cells.items():
+        if not (isinstance(cell, dict) and isinstance(cell.get("source"), str) and isinstance(cell.get("sae"), dict) and isinstance(cell.get("metrics"), dict)):
+            return f"cells.{cid} needs 'source', 'sae' and 'metrics'"
+        if not _safe_path_part(cid):
+            return f"cell id {cid!r} is not a plain name"
+    for key in ("sources", "analyses"):
+        if not isinstance(metrics.get(key, {}), dict) or not all(isinstance(v, dict) for v in metrics.get(key, {}).values()):
+            return f"'{key}' must map names to objects"
+    for analysis, field in (("mmcs_larger", "value"), ("feature_count", "estimate")):
+        entries = metrics.get("analyses", {}).get(analysis, {})
+        if not all(isinstance(v, dict) and field in v for v in entries.values()):
+            return f"analyses.{analysis} entries need '{field}'"
+    return None
+
+
+def _safe_path_part(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def _identity(b: Loaded, cell: dict) -> str:
@@ -132,9 +170,13 @@ def _compare_numbers(name: str, a: dict, b: dict, tol: Tolerances) -> list[dict]
     return out
 
 
+def _decoder(b: Loaded, cell: str):
+    """The ``[m, d]`` dictionary of a cell; BundleError if the file is not what it should be."""
+    return tensors_io.read_file(b.path / "cells" / cell / "sae.safetensors", {"decoder": 2})["decoder"].float()
+
+
 def _dictionary(a: Loaded, ca: str, b: Loaded, cb: str, tol: Tolerances) -> dict:
-    da = tensors_io.from_bytes((a.path / f"cells/{ca}/sae.safetensors").read_bytes())["decoder"]
-    db = tensors_io.from_bytes((b.path / f"cells/{cb}/sae.safetensors").read_bytes())["decoder"]
+    da, db = _decoder(a, ca), _decoder(b, cb)
     if da.shape[1] != db.shape[1]:
         return {"m_a": da.shape[0], "m_b": db.shape[0], "mmcs_ab": None, "mmcs_ba": None, "same_atoms": 0, "within": False}
     ab, ba = max_cosine(da, db), max_cosine(db, da)
@@ -177,7 +219,7 @@ def compare(a: Loaded, b: Loaded, tol: Tolerances = Tolerances()) -> dict:
     sources = []
     for name in sorted(set(a.metrics.get("sources", {})) | set(b.metrics.get("sources", {}))):
         sa, sb = a.metrics.get("sources", {}).get(name, {}), b.metrics.get("sources", {}).get(name, {})
-        nums = lambda s: {k: v for k, v in s.items() if _number(v)}  # noqa: E731
+        nums = lambda s: {k: v for k, v in s.items() if _number(v)}
         sources += _compare_numbers(f"{name}.", nums(sa), nums(sb), tol)
 
     if identical:

@@ -14,6 +14,7 @@ not depend on the last bits of a platform's ``pow``, so cell keys agree across m
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import attrs
@@ -97,12 +98,14 @@ def parse_generator(raw: dict) -> tuple[Sweep | None, str | None]:
     keys = set(raw)
     gen = keys & set(GENERATORS)
     if len(gen) != 1:
-        return None, f"expected a value, a list, or one of {{{', '.join(GENERATORS)}}}: [...]"
+        close = [difflib.get_close_matches(str(k), GENERATORS, n=1, cutoff=0.6) for k in keys] if not gen else []
+        hint = next((f" (did you mean {c[0]!r}?)" for c in close if c), "")
+        return None, f"expected a value, a list, or one of {{{', '.join(GENERATORS)}}}: [...]{hint}"
     name = gen.pop()
     allowed = {name, "base"} if name == "logspace" else {name}
     extra = keys - allowed
     if extra:
-        return None, f"unexpected key {sorted(extra)[0]!r} in a {name} generator"
+        return None, f"unexpected key {min(extra)!r} in a {name} generator"
     args = raw[name]
     if not isinstance(args, list) or not all(_is_number(a) for a in args):
         return None, f"{name} expects a list of numbers"
@@ -128,8 +131,12 @@ def parse_generator(raw: dict) -> tuple[Sweep | None, str | None]:
     if not _is_number(base) or not (base > 0 and base != 1 and math.isfinite(base)):
         return None, "logspace base must be a positive number other than 1"
     sweep = Logspace(start, stop, num, float(base))
-    if not all(math.isfinite(v) and v > 0 for v in sweep.values()):
-        return None, "logspace values overflow"
+    try:
+        values = sweep.values()
+    except OverflowError:
+        values = (math.inf,)
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        return None, f"logspace values overflow ({float(base):g}**{max(start, stop):g} is beyond float range)"
     return sweep, None
 
 

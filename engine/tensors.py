@@ -8,10 +8,13 @@ key, ``sae-repro``, holding canonical JSON.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from engine.errors import BundleError
 from engine.hashing import canonical_json
 
 META_KEY = "sae-repro"
@@ -23,6 +26,30 @@ def to_bytes(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
 
 def from_bytes(data: bytes) -> dict[str, torch.Tensor]:
     return load(data)
+
+
+def read_file(path: Path, expect: dict[str, int] = {}) -> dict[str, torch.Tensor]:  # noqa: B006 - read only
+    """Tensors of a safetensors file someone else may have written (never a pickle).
+
+    ``expect`` maps tensor names that must be present to their number of dimensions (shapes
+    ``[m, d]`` etc. are the caller's to check). Raises ``BundleError`` naming the file when it is
+    missing, not safetensors, truncated, or lacks an expected tensor.
+    """
+    path = Path(path)
+    try:
+        tensors = load(path.read_bytes())
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BundleError(f"{path}: not a readable safetensors file ({reason})") from None
+    for name, ndim in expect.items():
+        t = tensors.get(name)
+        if t is None:
+            raise BundleError(f"{path}: no tensor {name!r} (has: {', '.join(sorted(tensors)) or 'none'})")
+        if t.dim() != ndim or not t.is_floating_point():
+            raise BundleError(f"{path}: tensor {name!r} has shape {list(t.shape)} and dtype {t.dtype}, expected {ndim} dimensions of floats")
+    return tensors
 
 
 def meta_of(data: bytes) -> dict:

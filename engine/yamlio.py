@@ -10,6 +10,7 @@ errors can point at ``file:line:col``. One extension: digits may be grouped with
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -18,6 +19,12 @@ import yaml
 from engine.errors import Problem
 
 Path = tuple  # of str keys and int indices
+
+MAX_DEPTH = 64  # nesting of mappings and sequences; a spec needs about 5
+
+
+class NotASpec(yaml.MarkedYAMLError):
+    """Valid YAML that no spec can be: nested too deeply, a number beyond float range."""
 
 
 def _core_resolvers(cls) -> None:
@@ -55,7 +62,10 @@ class StrictLoader(yaml.SafeLoader):
             return float("-inf") if text.startswith("-") else float("inf")
         if text == ".nan":
             return float("nan")
-        return float(text)
+        value = float(text)
+        if math.isinf(value):
+            raise NotASpec(None, None, f"number {self.construct_scalar(node)} is out of range for a 64-bit float", node.start_mark)
+        return value
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, yaml.Node] = {}
@@ -99,8 +109,14 @@ class Positions:
         self.keys: dict[Path, tuple[int, int]] = {}
         self.values: dict[Path, tuple[int, int]] = {}
 
-    def record(self, node: yaml.Node, path: Path = ()) -> None:
+    def record(self, node: yaml.Node, path: Path = (), seen: set | None = None) -> None:
+        """Positions below ``node``. A node reached again through an alias is not walked
+        again (its problems point at the alias), so an alias bomb costs linear time."""
+        seen = set() if seen is None else seen
         self.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 key = k.value if isinstance(k, yaml.ScalarNode) else None
@@ -108,10 +124,10 @@ class Positions:
                     continue
                 child = path + (key,)
                 self.keys.setdefault(child, (k.start_mark.line + 1, k.start_mark.column + 1))
-                self.record(v, child)
+                self.record(v, child, seen)
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
-                self.record(v, path + (i,))
+                self.record(v, path + (i,), seen)
 
     def problem(self, path: Path, message: str, at_key: bool = False) -> Problem:
         """A problem at ``path``, located at the nearest recorded ancestor."""
@@ -124,17 +140,22 @@ class Positions:
 
 
 def format_path(path: Path) -> str:
+    """``('sae', 'l1', 2)`` -> ``sae.l1[2]``; a key that is not a plain word is quoted
+    (``sources['a b']``), so a path stays on one line whatever the keys hold."""
     out = ""
     for p in path:
         if isinstance(p, int):
             out += f"[{p}]"
-        else:
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", str(p)):
             out += ("." if out else "") + str(p)
+        else:
+            out += f"[{str(p)!r}]"
     return out
 
 
 def load(text: str, file: str) -> tuple[Any, Positions]:
     """Parse one YAML document strictly. Raises ``yaml.YAMLError`` (use ``yaml_problem``)."""
+    _check_depth(text)
     loader = StrictLoader(text)
     try:
         node = loader.get_single_node()
@@ -147,8 +168,23 @@ def load(text: str, file: str) -> tuple[Any, Positions]:
         loader.dispose()
 
 
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the event stream, before the recursive
+    composer would exhaust Python's stack."""
+    depth = 0
+    for event in yaml.parse(text, Loader=StrictLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise NotASpec(None, None, f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def yaml_problem(err: yaml.YAMLError, file: str) -> Problem:
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if isinstance(err, NotASpec):
+        return Problem(file, mark.line + 1, mark.column + 1, "", err.problem)
     if isinstance(err, yaml.reader.ReaderError):
         return Problem(file, None, None, "", f"not YAML text: {err.reason} at byte {err.position}")
     message = " ".join(

@@ -39,13 +39,14 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import socket
 import sys
 import sysconfig
 import threading
 import urllib.parse
 import warnings
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import attrs
 
@@ -178,14 +179,19 @@ def _file_sha256(path: pathlib.Path) -> str:
 
 @contextlib.contextmanager
 def _quiet_datasets():
-    """Silence the datasets progress bars for the duration, restoring the caller's setting."""
+    """Silence the datasets progress bars and its error log lines (a failure becomes one
+    CorpusError line instead) for the duration, restoring the caller's settings."""
     from datasets import utils as dutils
+    from datasets.utils import logging as dlogging
 
     was_disabled = dutils.are_progress_bars_disabled()
+    verbosity = dlogging.get_verbosity()
     dutils.disable_progress_bars()
+    dlogging.set_verbosity(dlogging.CRITICAL)
     try:
         yield
     finally:
+        dlogging.set_verbosity(verbosity)
         if not was_disabled:
             dutils.enable_progress_bars()
 
@@ -196,19 +202,30 @@ def _load_local(builder: str, path: pathlib.Path, cache_dir: pathlib.Path, **kwa
     import datasets
 
     digest = _file_sha256(path)
+    target = cache_dir / "datasets" / digest[:32]
     with _quiet_datasets():
-        ds = datasets.load_dataset(
-            builder,
-            data_files=[str(path)],
-            split="train",
-            keep_in_memory=True,
-            cache_dir=str(cache_dir / "datasets" / digest[:32]),
-            **kwargs,
-        )
+        try:
+            ds = datasets.load_dataset(
+                builder,
+                data_files=[str(path)],
+                split="train",
+                keep_in_memory=True,
+                cache_dir=str(target),
+                **kwargs,
+            )
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)  # no half-built cache (or its locks) left behind
+            raise
     return ds, digest
 
 
 def _one_line(exc: BaseException) -> str:
+    """The innermost cause, in one line: datasets wraps the parser's own message (``JSON
+    parse error ... in row 1``) in a generic ``DatasetGenerationError``."""
+    seen = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
 
@@ -230,8 +247,7 @@ def _load_python_docs(cache_dir: pathlib.Path) -> tuple[list[str], dict]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            for origin, text in records:
-                f.write(json.dumps({"text": text, "origin": origin}, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps({"text": text, "origin": origin}, ensure_ascii=False) + "\n" for origin, text in records)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: a concurrent run sees the whole file or none

@@ -1,0 +1,137 @@
+"""How long a plan will take, estimated before any work, and the refusal of absurd plans.
+
+The estimate is arithmetic on the plan, calibrated on runs recorded on the 2-core CPU machine
+this project is developed on (see README "Specs" and ``bench/roofline.py``):
+
+- SAE training: ``step_flops`` (the step's five B x d x m matrix products) times steps, at
+  ``SAE_FLOPS_PER_S`` = 100 GFLOP/s, plus ``GROUP_STEP_OVERHEAD_S`` per step of each batched
+  group (optimizer, renormalisation and Python overhead that dominate tiny shapes). Measured:
+  the report's ratio-2 column (2 cells, m = 1024, d = 256, 20k steps) ran at 96 GFLOP/s; the
+  SAEs of ``toy_vs_lm`` at 63; ``toy_quick`` at 48 including its 1.2 ms per group-step
+  overhead. 100 GFLOP/s is the fast end, so the estimate errs short, never long: a plan
+  refused is one that would surely take longer than the limit.
+- Toy data generation: ``2 * batch * n_features * dim`` FLOPs per group step (the sparse
+  codes times the planted features), ``2 * n_features**2`` more per step for the ``batch``
+  correlation's draw, and ``2.5 * n_features**3`` once to build its covariance factor, at the
+  same rate.
+- Evaluation: each curve point encodes and decodes the evaluation set (``4 * samples * d *
+  m`` FLOPs per cell), and a toy source draws that set once.
+- Each LM source: ``6 * params * tokens`` FLOPs (forward and backward) at
+  ``LM_FLOPS_PER_S`` = 10 GFLOP/s: the tiny LM is far below the GEMM rate (``toy_vs_lm``'s
+  54,528-parameter LM trained on 4M tokens in about 100 s, 13 GFLOP/s, corpus included).
+
+Finished cells and cached LMs are not subtracted; ``--jobs`` and GPUs are not credited:
+this is a single-process CPU estimate. A plan whose estimate exceeds ``LIMIT_S`` (7 days) is
+refused unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from engine import convert, schema
+from engine.errors import UserError
+from engine.hashing import stable_json
+from engine.plan import Plan, step_flops
+
+SAE_FLOPS_PER_S = 100e9
+GROUP_STEP_OVERHEAD_S = 1e-3
+LM_FLOPS_PER_S = 10e9
+LIMIT_S = 7 * 24 * 3600.0
+
+
+class BudgetExceeded(UserError):
+    """A plan that would run longer than the limit; ``--force`` overrides."""
+
+
+@attrs.frozen
+class Estimate:
+    sae_s: float  # SAE training, data generation included
+    lm_s: float  # training the LMs of LM sources
+    cells: int
+
+    @property
+    def total_s(self) -> float:
+        return self.sae_s + self.lm_s
+
+    def line(self) -> str:
+        lm = f" + {human(self.lm_s)} LM training" if self.lm_s else ""
+        return (
+            f"estimated time: {human(self.total_s)} ({cells(self.cells)}: {human(self.sae_s)} SAE training{lm}; "
+            f"single process at {SAE_FLOPS_PER_S / 1e9:g} GFLOP/s)"
+        )
+
+
+def cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
+def human(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``7.2 h``, ``12 days``, ``3.4e+07 years``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    days = seconds / 86400
+    if days < 730:
+        return f"{days:.0f} days"
+    years = days / 365.25
+    return f"{years:.0f} years" if years < 1e6 else f"{years:.1e} years"
+
+
+def lm_params(model: schema.LMModelSpec, vocab: int) -> int:
+    """Weights of the tiny LM: embeddings, unembedding, per layer attention and MLP."""
+    d, ff, layers, ctx = model.d_model, model.d_mlp, model.n_layers, model.context
+    return 2 * vocab * d + ctx * d + layers * (4 * d * d + 2 * d * ff)
+
+
+def estimate(plan: Plan) -> Estimate:
+    from engine.runner import make_groups
+
+    sae_s = 0.0
+    for group in make_groups(list(plan.cells)):
+        first = group[0]
+        steps = first.sae.steps
+        flops = sum(step_flops(c) for c in group) * steps
+        src = first.source.config
+        if first.source.kind == "toy":
+            n = float(src.n_features)
+            flops += 2.0 * first.sae.batch * n * src.dim * steps
+            if src.correlation == "batch":
+                flops += 2.0 * n * n * steps
+        # curves: the evaluation set encoded and decoded at 0, curve_every, ..., steps
+        evals = steps // plan.spec.eval.curve_every + 2
+        flops += evals * sum(4.0 * plan.spec.eval.samples * c.source.width * c.sae.m for c in group)
+        sae_s += flops / SAE_FLOPS_PER_S + steps * GROUP_STEP_OVERHEAD_S
+    lm_s = 0.0
+    lms = set()
+    for sp in plan.sources:
+        src = sp.config
+        if sp.kind == "toy":
+            n = float(src.n_features)
+            setup = 2.0 * plan.spec.eval.samples * n * src.dim  # the evaluation set
+            if src.correlation == "batch":
+                setup += 2.5 * n**3
+            sae_s += setup / SAE_FLOPS_PER_S
+        if sp.kind == "lm":
+            identity = stable_json({k: convert.unstructure(getattr(src, k)) for k in ("corpus", "tokenizer", "model", "train")})
+            if identity in lms:  # sources that differ only in their site share one LM
+                continue
+            lms.add(identity)
+            vocab = src.tokenizer.vocab_size if src.tokenizer.kind == "bpe" else 256
+            lm_s += 6.0 * lm_params(src.model, vocab) * src.train.tokens / LM_FLOPS_PER_S
+    return Estimate(sae_s, lm_s, len(plan.cells))
+
+
+def check(plan: Plan, force: bool = False, where: str | None = None) -> Estimate:
+    """The estimate; raises ``BudgetExceeded`` (exit 2) above ``LIMIT_S`` unless ``force``.
+    ``where`` (the spec file) starts the message; the spec's name by default."""
+    est = estimate(plan)
+    if est.total_s > LIMIT_S and not force:
+        raise BudgetExceeded(
+            f"{where or plan.spec.name}: refusing a plan estimated at {human(est.total_s)} ({cells(est.cells)}; "
+            f"limit {human(LIMIT_S)}); see --dry-run, shrink the sweep, or pass --force to run it anyway"
+        )
+    return est

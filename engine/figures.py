@@ -1,4 +1,17 @@
-"""PNG figures of a bundle's metrics (matplotlib, Agg; no timestamps, so bytes repeat)."""
+"""PNG figures of a bundle's metrics (matplotlib, Agg; no timestamps, so bytes repeat).
+
+Files (see :func:`render`):
+
+- ``<source>.png``: similarity to the next larger dictionary and dead fraction over size (one
+  line per l1); toy sources also MMCS with the truth as an l1 x size heat map.
+- ``<source>_grid.png``: heat maps over l1 x dictionary ratio (m / n_features on toy data,
+  m / width on LM data) of MMCS with the truth (toy only; the interim report's figure 3), the
+  dead fraction (its figure 4), ``mmcs_larger`` (its figure 10) and the reconstruction MSE.
+  Cells sharing an (l1, m) point (other inits or seeds) are averaged; the title says so.
+- ``curves.png``: training curves from each cell's ``cell.json``: MMCS with the truth (toy)
+  or FVU (LM) and the dead fraction over steps, coloured by initialisation.
+- ``toy_vs_lm.png``: toy and LM sources side by side (the seed's comparison).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +21,8 @@ from collections import defaultdict
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 PNG_META = {"Software": None}
 
@@ -23,7 +36,7 @@ def _png(fig) -> bytes:
 
 def _by_source(metrics: dict) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = defaultdict(dict)
-    for cid, cell in metrics["cells"].items():
+    for cid, cell in sorted(metrics["cells"].items()):  # the order of metrics.json, also while writing it
         out[cell["source"]][cid] = cell
     return out
 
@@ -55,9 +68,14 @@ def _heatmap(ax, cells: dict, key: str, title: str) -> bool:
     ms = sorted({c["sae"]["m"] for c in cells.values()})
     if not cells or key not in next(iter(cells.values()))["metrics"]:
         return False
-    grid = np.full((len(l1s), len(ms)), np.nan)
-    for c in cells.values():
-        grid[l1s.index(c["sae"]["l1"]), ms.index(c["sae"]["m"])] = c["metrics"][key]
+    sums = np.zeros((len(l1s), len(ms)))
+    counts = np.zeros((len(l1s), len(ms)))
+    for c in cells.values():  # cells sharing a point (other inits or seeds) are averaged
+        if c["metrics"].get(key) is not None:
+            i, j = l1s.index(c["sae"]["l1"]), ms.index(c["sae"]["m"])
+            sums[i, j] += c["metrics"][key]
+            counts[i, j] += 1
+    grid = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     im = ax.imshow(grid, origin="lower", aspect="auto", cmap="magma")
     ax.set_xticks(range(len(ms)), [str(m) for m in ms], fontsize=7, rotation=45)
     ax.set_yticks(range(len(l1s)), [f"{v:.3g}" for v in l1s], fontsize=7)
@@ -68,10 +86,104 @@ def _heatmap(ax, cells: dict, key: str, title: str) -> bool:
     return True
 
 
-def render(plan, metrics: dict) -> dict[str, bytes]:
-    """Figures by file name. Per source: similarity to larger and dead fraction over size;
-    toy sources also MMCS with the truth as an l1 x size heat map. With toy and LM sources,
-    one side-by-side figure of both (the seed's comparison)."""
+GRID_PANELS = (
+    ("mmcs_truth", "MMCS with ground truth"),
+    ("dead_frac", "dead fraction"),
+    ("mmcs_larger", "MMCS with next larger"),
+    ("mse", "reconstruction MSE"),
+)
+INIT_COLOURS = {"orthogonal": "tab:blue", "data_samples": "tab:orange", "tied": "tab:green"}
+
+
+def _grid(ax, cells: dict, value, base: int, title: str) -> bool:
+    """Heat map of ``value(cid, cell)`` over l1 (rows) x dictionary ratio m/base (columns),
+    averaged over cells sharing a point; False when no cell has a value."""
+    points: dict[tuple, list] = defaultdict(list)
+    for cid, c in cells.items():
+        v = value(cid, c)
+        if v is not None:
+            points[(c["sae"]["l1"], c["sae"]["m"])].append(v)
+    if not points:
+        return False
+    l1s = sorted({p[0] for p in points})
+    ms = sorted({p[1] for p in points})
+    grid = np.full((len(l1s), len(ms)), np.nan)
+    for (l1, m), vals in points.items():
+        grid[l1s.index(l1), ms.index(m)] = float(np.mean(vals))
+    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="magma")
+    ax.set_xticks(range(len(ms)), [f"{m / base:.3g}" for m in ms], fontsize=7, rotation=45)
+    ax.set_yticks(range(len(l1s)), [f"{v:.3g}" for v in l1s], fontsize=7)
+    if len(l1s) * len(ms) <= 80:
+        lo, hi = np.nanmin(grid), np.nanmax(grid)
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                dark = hi > lo and (v - lo) / (hi - lo) < 0.6
+                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    ax.set_ylabel("l1")
+    shared = max(len(v) for v in points.values())
+    ax.set_title(title + (f" (mean of {shared})" if shared > 1 else ""), fontsize=9)
+    plt.colorbar(im, ax=ax)
+    return True
+
+
+def grid_figure(source: str, kind: str, base: int, cells: dict, larger: dict) -> bytes | None:
+    """``<source>_grid.png``: the heat maps of ``GRID_PANELS`` that have values."""
+    panels = []
+    for key, title in GRID_PANELS:
+        if key == "mmcs_larger":
+            value = lambda cid, c: larger.get(cid, {}).get("value")
+        else:
+            value = lambda cid, c, key=key: c["metrics"].get(key)
+        if any(value(cid, c) is not None for cid, c in cells.items()):
+            panels.append((value, title))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (value, title) in zip(axes[0], panels):
+        _grid(ax, cells, value, base, title)
+        ax.set_xlabel(f"dictionary ratio m / {'n_features' if kind == 'toy' else 'width'} ({base})")
+    fig.suptitle(f"{source}: l1 x dictionary ratio", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def curves_figure(sources: dict[str, str], cells: dict, curves: dict[str, dict]) -> bytes | None:
+    """``curves.png``: per source one row: MMCS with the truth (toy) or FVU (LM), and the dead
+    fraction, over training steps; one line per cell, coloured by initialisation."""
+    rows = [s for s in sorted(sources) if any(c["source"] == s and cid in curves for cid, c in cells.items())]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.6 * len(rows)), squeeze=False)
+    for r, source in enumerate(rows):
+        mine = sorted(((cid, c) for cid, c in cells.items() if c["source"] == source and cid in curves), key=lambda kv: (kv[1]["sae"]["init"], kv[1]["sae"]["m"], kv[1]["sae"]["l1"], kv[0]))
+        first = "mmcs_truth" if sources[source] == "toy" else "fvu"
+        label_each = len(mine) <= 12
+        for col, key in enumerate((first, "dead_frac")):
+            ax = axes[r][col]
+            seen: set[str] = set()
+            for cid, c in mine:
+                cv = curves[cid]
+                if key not in cv:
+                    continue
+                init = c["sae"]["init"]
+                name = f"{init} m={c['sae']['m']} l1={c['sae']['l1']:g}" if label_each else (init if init not in seen else None)
+                seen.add(init)
+                ys = [np.nan if v is None else v for v in cv[key]]
+                style = ["-", "--", ":", "-."][sorted({x["sae"]["l1"] for _, x in mine}).index(c["sae"]["l1"]) % 4]
+                ax.plot(cv["step"], ys, style, lw=1.2, color=INIT_COLOURS.get(init, "tab:gray"), alpha=0.85, label=name)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(key)
+            ax.set_title(f"{source}: {'MMCS with ground truth' if key == 'mmcs_truth' else key} over training", fontsize=9)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=6, ncol=2 if len(ax.lines) > 6 else 1)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render(plan, metrics: dict, curves: dict[str, dict] | None = None) -> dict[str, bytes]:
+    """Figures by file name (see the module docstring). ``curves``: cell id -> the ``curves``
+    of its ``cell.json`` (training curves; no ``curves.png`` without them)."""
     out: dict[str, bytes] = {}
     larger = metrics.get("analyses", {}).get("mmcs_larger", {})
     by_source = _by_source(metrics)
@@ -101,4 +213,14 @@ def render(plan, metrics: dict) -> dict[str, bytes]:
         fig.suptitle("toy data vs language-model activations")
         fig.tight_layout()
         out["toy_vs_lm.png"] = _png(fig)
+    for sp in plan.sources:
+        if sp.name in by_source:
+            base = sp.config.n_features if sp.kind == "toy" else sp.width
+            png = grid_figure(sp.name, sp.kind, base, by_source[sp.name], larger)
+            if png is not None:
+                out[f"{sp.name}_grid.png"] = png
+    if curves:
+        png = curves_figure(kinds, metrics["cells"], curves)
+        if png is not None:
+            out["curves.png"] = png
     return out

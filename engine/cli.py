@@ -67,6 +67,20 @@ def verify_command(bundle: str) -> None:
     sys.exit(1)
 
 
+def _writable_dir(results: Path) -> None:
+    """A UserError (exit 2) if ``--results`` could not be created or written; creates nothing,
+    so input found bad later (a corpus file) still leaves no trace."""
+    import os
+
+    probe = results.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{results}: cannot create the results directory ({probe} is not a directory)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{results}: cannot write the results directory ({probe} is not writable)")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("spec", required=False, type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a spec value, e.g. --set sae.train.steps=500 (YAML value).")
@@ -75,8 +89,12 @@ def verify_command(bundle: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (cells, sizes, steps, cost) and do no work.")
 @click.option("--rerun", is_flag=True, help="Recompute the bundle even if one exists for this spec.")
 @click.option("--verify", "verify_bundle", metavar="BUNDLE", help="Recompute every hash of a bundle and report changed, missing or extra files.")
-@click.option("--quiet", "-q", is_flag=True, help="Print only the result.")
-def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, quiet):
+@click.option("--quiet", "-q", is_flag=True, help="Print only the result (no progress bars or log lines).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 1024), help="Train groups of cells in N local worker processes (default: in this process).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: this machine; ray: each group of cells is a Ray task.")
+@click.option("--address", metavar="ADDR", help="With --executor ray: the Ray cluster to use (e.g. 10.0.0.1:6379 or auto); default: start a local Ray instance.")
+@click.option("--force", is_flag=True, help="Run even a plan whose time estimate exceeds the limit (7 days).")
+def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, quiet, force, jobs, executor, address):
     """Run the experiment SPEC (YAML) and write a content-hashed result bundle."""
     if verify_bundle:
         if spec or overrides or dry_run or rerun:
@@ -90,9 +108,15 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
         raise click.UsageError("missing SPEC (a YAML file such as specs/toy_quick.yaml)")
     if dry_run and rerun:
         raise click.UsageError("--dry-run and --rerun exclude each other")
+    if threads and any(o.replace(" ", "").startswith("run.threads=") for o in overrides):
+        raise click.UsageError("--threads and --set run.threads=... exclude each other")
+    if executor == "ray" and jobs:
+        raise click.UsageError("--jobs is for the local executor; with --executor ray the cluster's CPUs set the parallelism")
+    if address and executor != "ray":
+        raise click.UsageError("--address needs --executor ray")
     overrides = list(overrides) + ([f"run.threads={threads}"] if threads else [])
-    log = _log(quiet)
     try:
+        from engine import budget
         from engine.plan import make_plan
         from engine.spec import load_spec
 
@@ -102,21 +126,34 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
 
             for line in dry_run_lines(plan):
                 click.echo(line)
+            click.echo(budget.estimate(plan).line())
             return
+        budget.check(plan, force, where=str(spec))
+        _writable_dir(results)
         from engine import runner
+        from engine.executors import ExecutorOptions
+        from engine.progress import for_stream
 
+        options = ExecutorOptions("ray", address=address) if executor == "ray" else ExecutorOptions("pool", jobs) if jobs else ExecutorOptions()
+        progress = for_stream(quiet)
         try:
-            outcome = runner.run(plan, results, rerun=rerun, log=log)
+            outcome = runner.run(plan, results, rerun=rerun, progress=progress, executor=options)
         except runner.RunFailed as e:
+            progress.close()
             for f in e.failures:
                 click.echo(f"error: {f}", err=True)
             click.echo("finished cells are kept; rerun the same command to retry only the failed cells", err=True)
             sys.exit(1)
+        finally:
+            progress.close()
     except UserError as e:
         _fail(e)
     except KeyboardInterrupt:
         click.echo("interrupted: finished cells are kept; rerun the same command to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:  # any other refusal of the file system (e.g. --results under /proc): one line
+        click.echo(f"{e.filename or results}: cannot write results ({e.strerror or e}); choose a writable --results directory", err=True)
+        sys.exit(2)
     for note in outcome.notes:
         click.echo(note, err=True)
     if outcome.status == "cached":
@@ -129,14 +166,27 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
         metrics = json.loads((outcome.path / "metrics.json").read_text())
         for line in summary_table(metrics):
             click.echo(line)
+        from engine.report import feature_lines
+
+        for line in feature_lines(outcome.path):
+            click.echo(line)
+
+
+def _finite(ctx, param, value):
+    """Refuse NaN and infinity, which click's FloatRange lets through."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number.")
+    return value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--rtol", type=click.FloatRange(min=0), default=1e-2, show_default=True, help="Relative tolerance for metrics.")
-@click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Absolute tolerance for metrics.")
-@click.option("--min-mmcs", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Dictionaries match if their MMCS is at least this, both ways.")
-@click.option("--count-tol", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Counts (dead atoms, recovered features) match if their fractions differ by at most this.")
+@click.option("--rtol", type=click.FloatRange(min=0), callback=_finite, default=1e-2, show_default=True, help="Relative tolerance for metrics.")
+@click.option("--atol", type=click.FloatRange(min=0), callback=_finite, default=1e-4, show_default=True, help="Absolute tolerance for metrics.")
+@click.option("--min-mmcs", type=click.FloatRange(0, 1), callback=_finite, default=0.99, show_default=True, help="Dictionaries match if their MMCS is at least this, both ways.")
+@click.option("--count-tol", type=click.FloatRange(0, 1), callback=_finite, default=0.02, show_default=True, help="Counts (dead atoms, recovered features) match if their fractions differ by at most this.")
 @click.option("--json", "as_json", is_flag=True, help="Print a stable JSON document (schema 1) instead of tables.")
 @click.option("--all", "show_all", is_flag=True, help="Show every compared value, not only differences.")
 @click.option("--verify", "verify_only", is_flag=True, help="Only verify the given bundle(s): recompute every file hash.")
@@ -148,6 +198,8 @@ def sae_diff(bundles, rtol, atol, min_mmcs, count_tol, as_json, show_all, verify
         if verify_only:
             if not bundles:
                 raise click.UsageError("--verify needs at least one BUNDLE")
+            if as_json or show_all:
+                raise click.UsageError("--verify only checks hashes; it takes no --json or --all")
             for b in bundles:
                 verify_command(str(b))
             return
@@ -159,3 +211,22 @@ def sae_diff(bundles, rtol, atol, min_mmcs, count_tol, as_json, show_all, verify
     except UserError as e:
         _fail(e)
     sys.exit(code)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("bundle", type=click.Path(path_type=Path))
+def sae_report(bundle):
+    """Rebuild report/ (figures, feature analysis, index.html) of an existing BUNDLE.
+
+    The bundle must verify outside report/; its content digest does not change.
+    Exit status: 0 rebuilt, 2 unusable bundle (nothing is changed)."""
+    try:
+        from engine import report
+
+        report.rebuild(bundle, log=lambda s: click.echo(s, err=True))
+    except UserError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the report was left as it was", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(f"rebuilt: {Path(bundle) / 'report'} (index.html and figures; the bundle verifies, content unchanged)")

@@ -8,8 +8,8 @@ once per run and shared by every cell on the source.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import tokenizers
 import torch
@@ -19,7 +19,12 @@ from engine import tensors as tensors_io
 from engine.cellstore import KeyedStore
 from engine.errors import SourceError
 from engine.hashing import PROJECT, stable_json, tagged_hash
-from engine.lm.activations import ce_loss, ce_recovered, collect_activations, eval_windows
+from engine.lm.activations import (
+    ce_loss,
+    ce_recovered,
+    collect_activations,
+    eval_windows,
+)
 from engine.lm.corpus import CorpusError, load_corpus
 from engine.lm.model import TinyLM
 from engine.lm.tokenizer import build_tokenizer, encode_documents
@@ -127,8 +132,8 @@ class LMSourceData:
             "tokenizer": convert.unstructure(src.tokenizer),
             "params": result.get("params"),
             "corpus": {"content_hash": self.corpus.content_hash, **self.corpus.info},
-            "train_tokens": int(len(train_tokens)),
-            "val_tokens": int(len(val_tokens)),
+            "train_tokens": len(train_tokens),
+            "val_tokens": len(val_tokens),
         }
         training = {
             "train": convert.unstructure(src.train),

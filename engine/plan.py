@@ -16,7 +16,12 @@ import attrs
 
 from engine import convert, schema
 from engine.errors import Problem, SpecError
-from engine.hashing import CELL_KEY_VERSION, SOURCE_KEY_VERSION, STREAM_ID_VERSION, tagged_hash
+from engine.hashing import (
+    CELL_KEY_VERSION,
+    SOURCE_KEY_VERSION,
+    STREAM_ID_VERSION,
+    tagged_hash,
+)
 from engine.spec import parse_path, spec_hash, sweep_fields
 from engine.yamlio import format_path
 

@@ -8,23 +8,30 @@ import platform
 import socket
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import torch
 
-from engine import analyses, figures, provenance
+from engine import analyses, executors, provenance, report
 from engine import tensors as tensors_io
 from engine.bundle import BundleWriter, verify
 from engine.cellstore import KeyedStore, cell_store
 from engine.errors import BundleError, CellFailure
+from engine.executors import (
+    STORAGE_ERRNOS,
+    ExecutorOptions,
+    StorageError,
+    storage_message,
+)
 from engine.hashing import stable_json
 from engine.plan import Cell, Plan, SourcePlan, step_flops
+from engine.progress import PlainProgress, Progress
 from engine.seeding import torch_generator
-from engine.spec import dump_spec
 from engine.sources import PreparedSource, ToySourceData
+from engine.spec import dump_spec
 from sae.init import init_weights
 from sae.metrics import evaluate
 from sae.relu_l1 import ReluL1
@@ -75,8 +82,34 @@ def prepare_source(sp: SourcePlan, plan: Plan, results: Path, log: Log) -> Prepa
     return LMSourceData(sp, plan.spec, results, log)
 
 
-def run(plan: Plan, results: Path, *, rerun: bool = False, log: Log = lambda s: None) -> Outcome:
+def run(
+    plan: Plan,
+    results: Path,
+    *,
+    rerun: bool = False,
+    log: Log | None = None,
+    progress: Progress | None = None,
+    executor: ExecutorOptions | None = None,
+) -> Outcome:
+    """Run ``plan`` into ``results``: the bundle, from the cells already finished and the rest.
+
+    ``progress`` shows the work (default: plain lines through ``log``, or nothing);
+    ``executor`` says where groups of cells train (in-process, a pool, Ray). Raises RunFailed
+    if cells failed (the others are kept), StorageError if the results directory cannot be
+    written, KeyboardInterrupt on Ctrl-C (finished cells kept)."""
+    if progress is None:
+        progress = PlainProgress(log) if log is not None else Progress()
     results = Path(results)
+    try:
+        return _run(plan, results, rerun, progress, executor or ExecutorOptions())
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError(storage_message(e, results)) from None
+        raise
+
+
+def _run(plan: Plan, results: Path, rerun: bool, progress: Progress, options: ExecutorOptions) -> Outcome:
+    log = progress.log
     final = bundle_path(results, plan)
     code = provenance.code_info()
     if final.exists() and not rerun:
@@ -87,44 +120,60 @@ def run(plan: Plan, results: Path, *, rerun: bool = False, log: Log = lambda s: 
     configure_torch(plan.spec.run.threads)
     store = cell_store(results)
     todo = [c for c in plan.cells if store.done(c.key) is None]
-    reused = len(plan.cells) - len(todo)
-    if reused:
-        log(f"{reused} of {len(plan.cells)} cells already finished (reused from {store.root})")
+    if len(todo) < len(plan.cells):
+        log(f"{len(plan.cells) - len(todo)} of {len(plan.cells)} cells already finished (reused from {store.root})")
 
     t0 = time.perf_counter()
     prepared: dict[str, PreparedSource] = {}
     timings: dict[str, float] = {}
-    for sp in plan.sources:
-        t = time.perf_counter()
-        prepared[sp.key] = prepare_source(sp, plan, results, log)
-        timings[f"source:{sp.name}"] = round(time.perf_counter() - t, 3)
+    with progress.stage("sources", len(plan.sources)) as bar:
+        for sp in plan.sources:
+            t = time.perf_counter()
+            prepared[sp.key] = prepare_source(sp, plan, results, log)
+            timings[f"source:{sp.name}"] = round(time.perf_counter() - t, 3)
+            bar.advance(1, f"source {sp.name} ready ({timings[f'source:{sp.name}']:.1f}s)")
 
     failures: list[CellFailure] = []
-    groups = make_groups(todo)
-    for gi, group in enumerate(groups, 1):
-        src = prepared[group[0].source.key]
-        label = f"[group {gi}/{len(groups)}] {group[0].source.name} m={group[0].sae.m} x{len(group)}"
-        t = time.perf_counter()
-        try:
-            done, files, failed = train_group(group, src, plan)
-        except Exception as e:  # noqa: BLE001 - a cell's crash is reported, not a traceback
-            done, files = [], []
-            failed = [CellFailure(c.id, f"{type(e).__name__}: {e}") for c in group]
-        for f in failed:
-            log(f"{label}: cell {f.cell_id} FAILED: {f.reason}")
-        failures += failed
-        for cell, cell_files in zip(done, files):
-            store.put(cell.key, cell_files, code)
-        timings[f"group:{gi}"] = round(time.perf_counter() - t, 3)
-        log(f"{label}: {time.perf_counter() - t:.1f}s")
+    trained: list[str] = []
+    by_key = {c.key: c for c in plan.cells}
+    ex = executors.open_executor(options, plan, results, code, prepared, progress)
+    interrupted = True
+    try:
+        with progress.stage("cells", len(todo)) as bar:
+            busy: list[Cell] = []
+            rounds = [(make_groups(todo), False)]
+            while rounds:
+                groups, wait = rounds.pop()
+                for group, r in ex.map(groups, wait):
+                    if r.fatal:
+                        raise StorageError(r.fatal)
+                    first = group[0]
+                    label = f"{first.source.name} m={first.sae.m} x{len(group)}"
+                    for cell_id, reason in r.failures:
+                        log(f"{label}: cell {cell_id} FAILED: {reason}")
+                    failures += [CellFailure(cell_id, reason) for cell_id, reason in r.failures]
+                    trained += r.trained
+                    busy += [by_key[k] for k in r.busy]
+                    timings[f"group:{len(timings)}"] = r.seconds
+                    what = [f"{len(r.trained)} trained"] + [f"{len(r.reused)} finished by another run"] * bool(r.reused)
+                    what += [f"{len(r.failures)} failed"] * bool(r.failures) + [f"{len(r.busy)} busy in another run"] * bool(r.busy)
+                    bar.advance(len(group) - len(r.busy), f"{label}: {', '.join(what)} in {r.seconds:.1f}s")
+                if busy and not wait:
+                    log(f"{len(busy)} cells are being trained by another run on {results}; waiting for them")
+                    rounds.append((make_groups(busy), True))
+        interrupted = False
+    finally:
+        ex.close(interrupted)
     if failures:
         raise RunFailed(failures)
 
     meta, published = write_bundle(plan, final, prepared, store, code, timings, t0)
+    counts = {"trained": len(trained), "reused": len(plan.cells) - len(trained)}
     if not published:
-        log(f"another run published {final.name} first; using it")
-        return _cached(final, code) or Outcome(final, "cached", meta)
-    return Outcome(final, "created", meta, trained=len(todo), reused=reused)
+        log(f"another run published {final.name} first; using it ({counts['trained']} cells trained here, {counts['reused']} reused)")
+        cached = _cached(final, code) or Outcome(final, "cached", meta)
+        return attrs.evolve(cached, **counts)
+    return Outcome(final, "created", meta, **counts)
 
 
 def _cached(final: Path, code: dict) -> Outcome | None:
@@ -198,7 +247,9 @@ def _initial_model(cells: list[Cell], src: PreparedSource, seed: int) -> ReluL1:
     )
 
 
-def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> tuple[list[Cell], list[dict[str, bytes]], list[CellFailure]]:
+def train_group(
+    cells: list[Cell], src: PreparedSource, plan: Plan, on_step: Callable[[int], None] | None = None
+) -> tuple[list[Cell], list[dict[str, bytes]], list[CellFailure]]:
     """Train cells as one ensemble: (finished cells, their cell-store files, failed cells).
 
     A member whose loss turns non-finite fails alone: the group restarts without it, which
@@ -213,7 +264,9 @@ def train_group(cells: list[Cell], src: PreparedSource, plan: Plan) -> tuple[lis
         model = _initial_model(cells, src, plan.spec.seed).to(device)
         batches = src.batches(first.batch)
         try:
-            curves = train(model, lambda step: batches(step).to(device), first.steps, first.lr, lambda m: evaluate(m, eval_x, truth), plan.spec.eval.curve_every)
+            curves = train(
+                model, lambda step: batches(step).to(device), first.steps, first.lr, lambda m: evaluate(m, eval_x, truth), plan.spec.eval.curve_every, on_step
+            )
             break
         except NonFiniteLoss as e:
             bad = set(e.members)
@@ -289,8 +342,11 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
             "analyses": cross,
         }
         w.write_json("metrics.json", metrics)
-        for name, png in figures.render(plan, metrics).items():
-            w.write_bytes(f"report/{name}", png)
+        t_report = time.perf_counter()
+        corpora = {sp.name: prepared[sp.key].corpus for sp in plan.sources if sp.kind == "lm"}
+        for name, data in report.build(w.tmp, plan, metrics, corpora).items():
+            w.write_bytes(f"report/{name}", data)
+        timings["report"] = round(time.perf_counter() - t_report, 3)
         meta = {
             "name": spec.name,
             "spec_hash": plan.spec_hash,
@@ -299,7 +355,7 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
             "environment": provenance.environment(spec.run.threads),
         }
         run_info = {
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 3),
             "timings": timings,
             "host": socket.gethostname(),
@@ -327,4 +383,4 @@ def dry_run_lines(plan: Plan) -> list[str]:
     return lines
 
 
-__all__ = ["run", "dry_run_lines", "Outcome", "RunFailed", "bundle_path"]
+__all__ = ["Outcome", "RunFailed", "bundle_path", "dry_run_lines", "run"]

@@ -7,7 +7,8 @@ they train in. Toy sources live here; LM sources in ``engine.lm_source``.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 

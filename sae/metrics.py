@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "cosine_matrix",
+    "evaluate",
     "max_cosine",
     "mmcs",
-    "mmcs_truth",
     "mmcs_larger",
-    "evaluate",
+    "mmcs_truth",
 ]
 
 _NORM_EPS = 1e-12
@@ -106,7 +106,7 @@ def mmcs_larger(atoms: Tensor, larger_atoms: Tensor) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: "ReluL1",
+    model: ReluL1,
     x_eval: Tensor,
     features: Tensor | None = None,
     chunk: int = 4096,

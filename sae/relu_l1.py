@@ -112,7 +112,7 @@ class ReluL1(nn.Module):
         generators: Sequence[torch.Generator],
         samples: Tensor | None = None,
         decoder_bias: bool = False,
-    ) -> "ReluL1":
+    ) -> ReluL1:
         """Build E = len(generators) members with ``sae.init.init_weights(kind, d, m, g, samples)``.
 
         Member e's weights depend only on ``generators[e]`` (and ``samples``), so adding or
@@ -135,7 +135,7 @@ class ReluL1(nn.Module):
     @classmethod
     def from_member_tensors(
         cls, tensors: list[dict[str, Tensor]], l1: Tensor | Sequence[float]
-    ) -> "ReluL1":
+    ) -> ReluL1:
         """Inverse of ``member_tensors``: stack one dict per member into an ensemble."""
         if not tensors:
             raise ValueError("from_member_tensors: need at least one member")

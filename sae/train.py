@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .relu_l1 import ReluL1
 
-__all__ = ["train", "curve_points", "NonFiniteLoss"]
+__all__ = ["NonFiniteLoss", "curve_points", "train"]
 
 
 def curve_points(steps: int, curve_every: int) -> list[int]:

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from tiny import TINY
 
 from engine.cli import sae_diff
 from engine.plan import make_plan
 from engine.runner import run
 from engine.spec import load_spec_text
-from tiny import TINY
 
 
 def bundle(tmp_path_factory, name, overrides=(), text=TINY):

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.lm.activations import ce_loss, ce_recovered, collect_activations, eval_windows
+from engine.lm.activations import (
+    ce_loss,
+    ce_recovered,
+    collect_activations,
+    eval_windows,
+)
 from engine.lm.model import TinyLM
 from engine.schema import LMModelSpec
 

@@ -10,9 +10,9 @@ import pytest
 
 from engine.lm.corpus import (
     MIN_DOC_CHARS,
-    _stdlib_files,
     Corpus,
     CorpusError,
+    _stdlib_files,
     cap_documents,
     content_hash,
     extract_python_docs,

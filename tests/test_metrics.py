@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from sae import ReluL1
-from sae.metrics import cosine_matrix, evaluate, max_cosine, mmcs, mmcs_larger, mmcs_truth
+from sae.metrics import (
+    cosine_matrix,
+    evaluate,
+    max_cosine,
+    mmcs,
+    mmcs_larger,
+    mmcs_truth,
+)
 
 R2 = 1 / math.sqrt(2)
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from tiny import TINY
 
 from engine.cli import sae_diff, sae_run
 from engine.plan import make_plan
 from engine.runner import run
 from engine.spec import load_spec, load_spec_text
 from sae.metrics import mmcs_truth
-from tiny import TINY
-
 
 
 @pytest.fixture(scope="module")

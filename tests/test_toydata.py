@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import safetensors.torch
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from toydata import ToyData, ToyDataConfig, planted_features
 from toydata.probability import base_probabilities, batch_probabilities, decay_weights

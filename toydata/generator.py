@@ -58,7 +58,7 @@ class ToyData:
     _structure: dict[str, Tensor]  # the correlation structure, as saved by ground_truth()
 
     @classmethod
-    def build(cls, config: ToyDataConfig, feature_gen: torch.Generator, structure_gen: torch.Generator) -> "ToyData":
+    def build(cls, config: ToyDataConfig, feature_gen: torch.Generator, structure_gen: torch.Generator) -> ToyData:
         """Draw the features from ``feature_gen`` (independent of the correlation settings) and
         the correlation structure from ``structure_gen`` (nothing is drawn in ``"none"`` mode)."""
         n = config.n_features

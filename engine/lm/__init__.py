@@ -21,10 +21,10 @@ from .tokenizer import EOT, build_tokenizer, encode_documents, eot_id
 from .train import ngram_baselines, train_lm
 
 __all__ = [
-    "Corpus",
-    "CorpusError",
     "EOT",
     "SITE_KINDS",
+    "Corpus",
+    "CorpusError",
     "TinyLM",
     "build_tokenizer",
     "ce_loss",

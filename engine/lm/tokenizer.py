@@ -14,7 +14,7 @@ Both have one special token, ``<|endoftext|>`` (``EOT``), placed after every doc
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tokenizers

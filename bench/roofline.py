@@ -7,6 +7,7 @@ batch-correlated toy generator) is included in every step, as in training.
 
     python bench/roofline.py                 # d=256, m=1024, batch 1024, 2 threads
     python bench/roofline.py --quick         # tiny sizes (smoke test)
+    python bench/roofline.py --profile       # also: where a step's time goes, by operator
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main():
     p.add_argument("--m", type=int, default=1024)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--profile", action="store_true", help="also print the step's time by operator (torch.profiler)")
     a = p.parse_args()
     if a.quick:
         a.d, a.m, a.batch, a.reps, a.rounds = 32, 64, 64, 2, 2
@@ -91,6 +93,24 @@ def main():
     rows.append(("data generation", f"{t['data only'] * 1e3:.2f} ms per batch ({t['data only'] / t['sae-repro step'] * 100:.0f}% of a step)"))
     rows.append(("speed-up over plain", f"{t['plain loop'] / t['sae-repro step']:.2f}x"))
     report("roofline: one relu_l1 training step vs the GEMM rate (medians of interleaved rounds)", rows)
+    if a.profile:
+        profile(ours(data, B, d, m, g), a.reps)
+
+
+def profile(step, reps: int) -> None:
+    """Self CPU time by operator over ``reps`` steps, as shares of the profiled total."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [(e.key, f"{e.self_cpu_time_total / reps / 1e3:6.2f} ms per step  {e.self_cpu_time_total / total * 100:5.1f}%  ({e.count // reps} calls)") for e in events[:12]]
+    rows.append(("all operators", f"{total / reps / 1e3:6.2f} ms per step (profiler overhead included)"))
+    report("profile: the sae-repro step by operator (self CPU time)", rows)
 
 
 if __name__ == "__main__":

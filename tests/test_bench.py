@@ -34,6 +34,12 @@ def test_benchmark_runs(script, expect):
         assert text in r.stdout, (text, r.stdout)
 
 
+def test_roofline_profile_runs():
+    r = run("roofline.py", "--profile")
+    assert r.returncode == 0, r.stderr
+    assert "by operator" in r.stdout and "all operators" in r.stdout, r.stdout
+
+
 def test_saelens_benchmark_runs_or_names_the_missing_dependency():
     r = run("saelens.py")
     try:

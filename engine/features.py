@@ -89,27 +89,6 @@ class Codes:
     m: int
 
 
-class _Stop(Exception):
-    """Raised by the reading hook: the layers above the site are not needed."""
-
-
-@torch.no_grad()
-def site_activations(model: torch.nn.Module, windows: Tensor, site: str, batch: int = 64) -> Tensor:
-    """Activations at ``site`` for every position of ``windows`` [N, T]: [N*T, width] float32."""
-    out = []
-    for lo in range(0, windows.shape[0], batch):
-
-        def read(act: Tensor) -> None:
-            out.append(act.float().reshape(-1, act.shape[-1]).cpu())
-            raise _Stop
-
-        try:
-            model(windows[lo : lo + batch], hooks={site: read})
-        except _Stop:
-            pass
-    return torch.cat(out)
-
-
 @torch.no_grad()
 def encode_sparse(x: Tensor, W_enc: Tensor, b_enc: Tensor, tokens: np.ndarray) -> Codes:
     """x [P, d] (P = tokens.size), W_enc [d, m], b_enc [m] -> the non-zero codes, sparse."""
@@ -337,6 +316,7 @@ def analyse_source(root: Path, source, metrics: dict, corpus) -> dict | None:
     import tokenizers
 
     from engine import tensors as tensors_io
+    from engine.lm.activations import read_site
     from engine.lm.model import TinyLM
     from engine.lm.tokenizer import encode_documents
 
@@ -350,7 +330,7 @@ def analyse_source(root: Path, source, metrics: dict, corpus) -> dict | None:
     model.load_state_dict(tensors_io.from_bytes((src_dir / "model.safetensors").read_bytes()))
     model.eval()
     windows = analysis_windows(encode_documents(tok, corpus.val), source.config.model.context)
-    x = site_activations(model, torch.from_numpy(windows), source.config.site)
+    x = read_site(model, torch.from_numpy(windows), source.config.site)
     x = x * metrics["sources"][source.name].get("activation_scale", 1.0)
     sae = tensors_io.from_bytes((Path(root) / "cells" / cid / "sae.safetensors").read_bytes())
     codes = encode_sparse(x, sae["encoder.weight"], sae["encoder.bias"], windows)
@@ -380,7 +360,6 @@ __all__ = [
     "is_labelled",
     "pattern_keys",
     "score_labels",
-    "site_activations",
     "top_contexts",
     "vocab_text",
 ]

@@ -18,6 +18,27 @@ class _Collected(Exception):
 
 
 @torch.no_grad()
+def read_site(model: torch.nn.Module, windows: Tensor, site: str, batch: int = 64) -> Tensor:
+    """Activations at ``site`` for every position of ``windows`` [N, T] int64: [N*T, width]
+    float32, window by window. The forward pass stops at the site (the layers above it and the
+    unembedding are not run)."""
+    width = model.site_width(site)
+    device = next(model.parameters()).device
+    out = torch.empty(windows.shape[0], windows.shape[1], width, dtype=torch.float32)
+    for lo in range(0, windows.shape[0], batch):
+
+        def read(act: Tensor, lo: int = lo) -> None:
+            out[lo : lo + act.shape[0]] = act.float().cpu()
+            raise _Collected
+
+        try:
+            model(windows[lo : lo + batch].to(device), hooks={site: read})
+        except _Collected:
+            pass
+    return out.reshape(-1, width)
+
+
+@torch.no_grad()
 def collect_activations(
     model: torch.nn.Module,
     tokens: np.ndarray,
@@ -32,29 +53,13 @@ def collect_activations(
     ``ceil(n_tokens / context)`` windows of ``context`` tokens start at uniform random offsets
     drawn from ``generator``; every position of every window is read (position 0 included),
     then the rows are permuted with ``generator`` (so rows from many contexts mix) and the
-    first ``n_tokens`` kept. The forward pass stops at the site (the layers above it and the
-    unembedding are not run)."""
-    width = model.site_width(site)
+    first ``n_tokens`` kept (``read_site``)."""
     stream = torch.from_numpy(np.asarray(tokens).astype(np.int64))
     if stream.numel() < context:
         raise ValueError(f"token stream has {stream.numel()} tokens, fewer than the context {context}")
-    device = next(model.parameters()).device
     n_windows = math.ceil(n_tokens / context)
     starts = torch.randint(0, stream.numel() - context + 1, (n_windows,), generator=generator)
-    offsets = torch.arange(context)
-    out = torch.empty(n_windows, context, width, dtype=torch.float32)
-    for lo in range(0, n_windows, batch):
-        x = stream[starts[lo : lo + batch, None] + offsets].to(device)  # [b, context]
-
-        def read(act: Tensor, lo: int = lo) -> None:
-            out[lo : lo + act.shape[0]] = act.float().cpu()
-            raise _Collected
-
-        try:
-            model(x, hooks={site: read})
-        except _Collected:
-            pass
-    rows = out.reshape(n_windows * context, width)
+    rows = read_site(model, stream[starts[:, None] + torch.arange(context)], site, batch)
     perm = torch.randperm(rows.shape[0], generator=generator)[:n_tokens]
     return rows[perm]
 

@@ -1,0 +1,29 @@
+"""The pinned runs of tests/test_golden.py: every shipped spec, at a size a test can run.
+
+``make.py`` records, for each case, the spec hash, the cell keys and the bundle's file
+manifest (path -> sha256) into ``bundles.json``; the test recomputes them. A change that moves
+any of these is a change of behaviour: regenerate only on purpose, and say so in the commit.
+"""
+
+from __future__ import annotations
+
+SHIPPED = ("specs/toy_quick.yaml", "specs/toy_report.yaml", "specs/init_compare.yaml", "specs/toy_vs_lm.yaml")
+
+SMALL_LM = [
+    "sources.lm.corpus.max_chars=150000",
+    "sources.lm.tokenizer.vocab_size=300",
+    "sources.lm.model.context=32",
+    "sources.lm.train.tokens=40000",
+    "sources.lm.train.eval_every=20",
+    "sources.lm.train.eval_tokens=2048",
+    "sources.lm.activations.tokens=8192",
+    "sources.lm.activations.ce_tokens=1024",
+]
+
+# name -> (spec file, overrides) of a bundle whose bytes are pinned
+RUNS: dict[str, tuple[str, list[str]]] = {
+    "toy_quick_small": ("specs/toy_quick.yaml", ["sources.toy.n_features=32", "sources.toy.dim=16", "sae.train.steps=60", "eval.samples=512", "eval.curve_every=20"]),
+    "toy_report_small": ("specs/toy_report.yaml", ["sources.toy.n_features=32", "sources.toy.dim=16", "sae.dict_ratio=[0.5, 1, 2]", "sae.l1=[0.1, 1.0]", "sae.train.steps=40", "eval.samples=512", "eval.curve_every=20"]),
+    "init_compare_small": ("specs/init_compare.yaml", ["sources.toy.n_features=32", "sources.toy.dim=16", "sae.train.steps=40", "eval.samples=512", "eval.curve_every=20"]),
+    "toy_vs_lm_small": ("specs/toy_vs_lm.yaml", SMALL_LM + ["sources.toy.n_features=48", "sae.dict_size=[16, 32, 64]", "sae.train.steps=60", "sae.train.batch=64", "eval.samples=512", "eval.curve_every=30"]),
+}

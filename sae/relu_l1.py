@@ -24,30 +24,26 @@ blockings by shape, so neither is used; see
 ``tests/test_sae.py::test_ensemble_bit_identical``.
 """
 
+
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from .base import SAE, register
 from .init import init_weights
 
 __all__ = ["ReluL1"]
 
-_NORM_EPS = 1e-12
 _ALIGN = 16  # floats; see ReluL1.batched
 _BATCHED_MAX = 32768  # d * m; see ReluL1.batched
 
 
-def _split(t: Tensor) -> tuple[Tensor, ...]:
-    """Member slices of a stacked tensor. ``unbind`` (backward: one ``stack``), except for
-    E = 1 where a ``squeeze`` view avoids copying the gradient; the values are the same."""
-    return (t.squeeze(0),) if t.shape[0] == 1 else t.unbind(0)
-
-
-class ReluL1(nn.Module):
+@register
+class ReluL1(SAE):
     """E stacked untied SAEs: c = relu(x @ W_enc + b_enc), x_hat = c @ W_dec (+ b_dec).
 
     Parameters (all float32):
@@ -59,6 +55,11 @@ class ReluL1(nn.Module):
     loss per member = mean_{batch,dims}((x - x_hat)^2) + l1 * mean_batch(sum_j |c_j|) / m.
     """
 
+    kind = "relu_l1"
+    params = ("l1",)
+    sparsity = "l1"
+    tensor_format = "relu_l1/v1"
+
     def __init__(
         self,
         W_enc: Tensor,
@@ -68,38 +69,12 @@ class ReluL1(nn.Module):
         decoder_bias: bool = False,
         b_dec: Tensor | None = None,
     ) -> None:
-        super().__init__()
-        if W_enc.dim() != 3:
-            raise ValueError(f"W_enc must be [E, d, m], got shape {tuple(W_enc.shape)}")
-        E, d, m = W_enc.shape
-        if tuple(b_enc.shape) != (E, m):
-            raise ValueError(f"b_enc must be [{E}, {m}], got {tuple(b_enc.shape)}")
-        if tuple(W_dec.shape) != (E, m, d):
-            raise ValueError(f"W_dec must be [{E}, {m}, {d}], got {tuple(W_dec.shape)}")
         l1 = torch.as_tensor(l1, dtype=torch.float32).detach().clone().reshape(-1)
-        if l1.shape[0] != E:
-            raise ValueError(f"l1 must have one value per member ({E}), got {l1.shape[0]}")
+        if W_enc.dim() == 3 and l1.shape[0] != W_enc.shape[0]:
+            raise ValueError(f"l1 must have one value per member ({W_enc.shape[0]}), got {l1.shape[0]}")
         if not torch.isfinite(l1).all() or (l1 < 0).any():
             raise ValueError(f"l1 coefficients must be finite and >= 0, got {l1.tolist()}")
-
-        def param(t: Tensor) -> nn.Parameter:
-            return nn.Parameter(t.detach().to(torch.float32).clone().contiguous())
-
-        self.W_enc = param(W_enc)
-        self.b_enc = param(b_enc)
-        self.W_dec = param(W_dec)
-        self.decoder_bias = bool(decoder_bias)
-        if self.decoder_bias:
-            if b_dec is None:
-                b_dec = torch.zeros(E, d, dtype=torch.float32, device=W_enc.device)
-            if tuple(b_dec.shape) != (E, d):
-                raise ValueError(f"b_dec must be [{E}, {d}], got {tuple(b_dec.shape)}")
-            self.b_dec = param(b_dec)
-        else:
-            if b_dec is not None:
-                raise ValueError("b_dec given but decoder_bias=False")
-            self.b_dec = None
-        self.register_buffer("l1", l1.to(W_enc.device))
+        super().__init__(W_enc, b_enc, W_dec, decoder_bias=decoder_bias, b_dec=b_dec, l1=l1)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -121,129 +96,56 @@ class ReluL1(nn.Module):
         l1 = list(l1)
         generators = list(generators)
         if len(l1) != len(generators):
-            raise ValueError(
-                f"from_init: {len(l1)} l1 values but {len(generators)} generators; need one each"
-            )
+            raise ValueError(f"from_init: {len(l1)} l1 values but {len(generators)} generators; need one each")
         if not generators:
             raise ValueError("from_init: need at least one member")
         parts = [init_weights(kind, d, m, g, samples) for g in generators]
-        W_enc = torch.stack([p[0] for p in parts])
-        b_enc = torch.stack([p[1] for p in parts])
-        W_dec = torch.stack([p[2] for p in parts])
-        return cls(W_enc, b_enc, W_dec, torch.tensor(l1, dtype=torch.float32), decoder_bias)
+        return cls.build(parts, [{"l1": v} for v in l1], decoder_bias)
 
     @classmethod
-    def from_member_tensors(
-        cls, tensors: list[dict[str, Tensor]], l1: Tensor | Sequence[float]
-    ) -> ReluL1:
-        """Inverse of ``member_tensors``: stack one dict per member into an ensemble."""
-        if not tensors:
-            raise ValueError("from_member_tensors: need at least one member")
-        has_bias = ["decoder.bias" in t for t in tensors]
-        if len(set(has_bias)) != 1:
-            raise ValueError("from_member_tensors: members disagree about 'decoder.bias'")
-        W_enc = torch.stack([t["encoder.weight"] for t in tensors])
-        b_enc = torch.stack([t["encoder.bias"] for t in tensors])
-        W_dec = torch.stack([t["decoder"] for t in tensors])
-        b_dec = torch.stack([t["decoder.bias"] for t in tensors]) if has_bias[0] else None
-        return cls(W_enc, b_enc, W_dec, l1, decoder_bias=has_bias[0], b_dec=b_dec)
+    def build(cls, weights, hyper, decoder_bias: bool = False) -> ReluL1:
+        stacked = [torch.stack([w[i] for w in weights]) for i in range(3)]
+        return cls(*stacked, torch.tensor([float(h["l1"]) for h in hyper], dtype=torch.float32), decoder_bias)
 
-    # ------------------------------------------------------------------ sizes
-    @property
-    def n_members(self) -> int:
-        """E, the number of members."""
-        return self.W_enc.shape[0]
+    @classmethod
+    def from_member_tensors(cls, tensors: list[dict[str, Tensor]], hyper) -> ReluL1:
+        """Inverse of ``member_tensors``; ``hyper``: one ``{"l1": v}`` per member, or the l1 values."""
+        if not isinstance(hyper, (list, tuple)) or not all(isinstance(h, dict) for h in hyper):
+            hyper = [{"l1": float(v)} for v in torch.as_tensor(hyper, dtype=torch.float32).reshape(-1)]
+        return super().from_member_tensors(tensors, hyper)
 
-    @property
-    def d(self) -> int:
-        """Input dimension."""
-        return self.W_enc.shape[1]
+    # ------------------------------------------------------------------ inference and loss
+    def member_encode(self, x: Tensor, e: int) -> Tensor:
+        return torch.relu(torch.addmm(self.b_enc[e], x, self.W_enc[e]))
 
-    @property
-    def m(self) -> int:
-        """Dictionary size (number of atoms)."""
-        return self.W_enc.shape[2]
+    def member_losses(self, x: Tensor, e: int, sparsity_scale: float = 1.0) -> dict[str, Tensor]:
+        """mse + l1 * mean_batch(sum_j |c_j|) / m; ``'l1'`` is the unweighted term (c >= 0
+        after the ReLU, so it is ``c.mean()``)."""
+        x_hat, c = self.member_forward(x, e)
+        mse = F.mse_loss(x_hat, x)
+        l1 = c.mean()
+        return {"loss": mse + self.l1[e] * sparsity_scale * l1, "mse": mse, "l1": l1}
 
-    # ------------------------------------------------------------------ per-member core
-    def _member_input(self, x: Tensor, e: int) -> Tensor:
-        """x [B, d] (shared) or [E, B, d] -> member e's input [B, d]."""
-        return x if x.dim() == 2 else x[e]
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() == 2 and x.shape[1] == self.d:
-            return
-        if x.dim() == 3 and x.shape[0] == self.n_members and x.shape[2] == self.d:
-            return
-        raise ValueError(
-            f"x must be [B, {self.d}] or [{self.n_members}, B, {self.d}], got {tuple(x.shape)}"
-        )
-
-    def _members(self, x: Tensor) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
-        """Yield (e, x_e [B, d], x_hat_e [B, d], c_e [B, m]) for every member, one at a time."""
-        self._check_input(x)
-        W_enc, b_enc, W_dec = _split(self.W_enc), _split(self.b_enc), _split(self.W_dec)
-        b_dec = _split(self.b_dec) if self.b_dec is not None else None
-        for e in range(self.n_members):
-            x_e = self._member_input(x, e)
-            c = torch.relu(torch.addmm(b_enc[e], x_e, W_enc[e]))
-            x_hat = torch.addmm(b_dec[e], c, W_dec[e]) if b_dec is not None else c @ W_dec[e]
-            yield e, x_e, x_hat, c
-
-    def member_forward(self, x: Tensor, e: int) -> tuple[Tensor, Tensor]:
-        """Member e alone: x [B, d] -> (x_hat [B, d], c [B, m]). Same ops as in ``forward``."""
-        if x.dim() != 2 or x.shape[1] != self.d:
-            raise ValueError(f"x must be [B, {self.d}], got {tuple(x.shape)}")
-        c = torch.relu(torch.addmm(self.b_enc[e], x, self.W_enc[e]))
-        if self.b_dec is not None:
-            return torch.addmm(self.b_dec[e], c, self.W_dec[e]), c
-        return c @ self.W_dec[e], c
-
-    # ------------------------------------------------------------------ public forward
-    def encode(self, x: Tensor) -> Tensor:
-        """x [B, d] (shared by all members) or [E, B, d] -> c [E, B, m]."""
-        self._check_input(x)
-        return torch.stack(
-            [
-                torch.relu(torch.addmm(b, self._member_input(x, e), W))
-                for e, (W, b) in enumerate(zip(_split(self.W_enc), _split(self.b_enc)))
-            ]
-        )
-
-    def decode(self, c: Tensor) -> Tensor:
-        """c [E, B, m] -> x_hat [E, B, d]."""
-        if c.dim() != 3 or c.shape[0] != self.n_members or c.shape[2] != self.m:
-            raise ValueError(f"c must be [{self.n_members}, B, {self.m}], got {tuple(c.shape)}")
-        W_dec = _split(self.W_dec)
-        if self.b_dec is None:
-            return torch.stack([c[e] @ W_dec[e] for e in range(self.n_members)])
-        b_dec = _split(self.b_dec)
-        return torch.stack([torch.addmm(b_dec[e], c[e], W_dec[e]) for e in range(self.n_members)])
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x [B, d] or [E, B, d] -> (x_hat [E, B, d], c [E, B, m])."""
-        x_hats, cs = [], []
-        for _, _, x_hat, c in self._members(x):
-            x_hats.append(x_hat)
-            cs.append(c)
-        return torch.stack(x_hats), torch.stack(cs)
-
-    def losses(self, x: Tensor) -> dict[str, Tensor]:
+    def losses(self, x: Tensor, sparsity_scale: float = 1.0) -> dict[str, Tensor]:
         """Per-member loss terms on x [B, d] (or [E, B, d]); each value is [E].
 
         - ``'mse'``:  mean over batch and dims of (x - x_hat)^2.
-        - ``'l1'``:   the unweighted sparsity term mean_batch(sum_j |c_j|) / m
-                      (c >= 0 after the ReLU, so this is ``c.mean()``).
+        - ``'l1'``:   the unweighted sparsity term mean_batch(sum_j |c_j|) / m.
         - ``'loss'``: mse + l1_coefficient * l1.
 
         The training objective is ``losses['loss'].sum()``: members share no parameters, so
         each member receives exactly the gradient of its own loss.
         """
+        self._check_input(x)
         mse, l1 = [], []
-        for _, x_e, x_hat, c in self._members(x):
+        for e in range(self.n_members):
+            x_e = self.member_input(x, e)
+            x_hat, c = self.member_forward(x_e, e)
             mse.append(F.mse_loss(x_hat, x_e))
             l1.append(c.mean())
         mse_t, l1_t = torch.stack(mse), torch.stack(l1)
-        return {"loss": mse_t + self.l1 * l1_t, "mse": mse_t, "l1": l1_t}
+        coef = self.l1 if sparsity_scale == 1.0 else self.l1 * sparsity_scale
+        return {"loss": mse_t + coef * l1_t, "mse": mse_t, "l1": l1_t}
 
     # ------------------------------------------------------------------ training step
     @property
@@ -260,7 +162,7 @@ class ReluL1(nn.Module):
         return self.d % _ALIGN == 0 and self.m % _ALIGN == 0 and self.d * self.m <= _BATCHED_MAX
 
     @torch.no_grad()
-    def loss_and_grad_(self, x: Tensor) -> dict[str, Tensor]:
+    def loss_and_grad_(self, x: Tensor, sparsity_scale: float = 1.0) -> dict[str, Tensor]:
         """One step's losses (as ``losses``) and every parameter's ``.grad``, in closed form.
 
         For x [B, d] (shared) and member e, with r = x_hat - x and g = 2 r / (B d):
@@ -276,7 +178,8 @@ class ReluL1(nn.Module):
         self._check_input(x)
         E, d, m = self.n_members, self.d, self.m
         B = x.shape[-2]
-        coef = (self.l1 / (B * m)).view(E, 1, 1)
+        l1_coef = self.l1 if sparsity_scale == 1.0 else self.l1 * sparsity_scale
+        coef = (l1_coef / (B * m)).view(E, 1, 1)
         if self.batched and B % _ALIGN == 0:
             xs = x.unsqueeze(0) if x.dim() == 2 else x
             if xs.shape[0] != E:
@@ -303,7 +206,7 @@ class ReluL1(nn.Module):
             grads = {"W_enc": [], "b_enc": [], "W_dec": [], "b_dec": []}
             mse_l, l1_l = [], []
             for e in range(E):
-                x_e = self._member_input(x, e)
+                x_e = self.member_input(x, e)
                 pre = torch.addmm(self.b_enc[e], x_e, self.W_enc[e])
                 c = torch.relu(pre)
                 x_hat = torch.addmm(self.b_dec[e], c, self.W_dec[e]) if self.b_dec is not None else c @ self.W_dec[e]
@@ -322,39 +225,5 @@ class ReluL1(nn.Module):
             if self.b_dec is not None:
                 self.b_dec.grad = torch.stack(grads["b_dec"])
             mse, l1 = torch.stack(mse_l), torch.stack(l1_l)
-        return {"loss": mse + self.l1 * l1, "mse": mse, "l1": l1}
-
-    # ------------------------------------------------------------------ maintenance
-    @torch.no_grad()
-    def renormalise_decoder_(self) -> None:
-        """Scale every atom (row of W_dec[e]) to unit L2 norm in place (an all-zero row stays 0)."""
-        for w in self.W_dec.unbind(0):
-            w.div_(torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min_(_NORM_EPS))
-
-    def member_tensors(self, e: int) -> dict[str, Tensor]:
-        """Member e's weights as contiguous CPU-independent copies, for safetensors.
-
-        'decoder' [m, d] (rows = atoms), 'encoder.weight' [d, m], 'encoder.bias' [m],
-        and 'decoder.bias' [d] when the model has a decoder bias.
-        """
-        if not 0 <= e < self.n_members:
-            raise IndexError(f"member {e} out of range for an ensemble of {self.n_members}")
-        out = {
-            "decoder": self.W_dec[e].detach().clone().contiguous(),
-            "encoder.weight": self.W_enc[e].detach().clone().contiguous(),
-            "encoder.bias": self.b_enc[e].detach().clone().contiguous(),
-        }
-        if self.b_dec is not None:
-            out["decoder.bias"] = self.b_dec[e].detach().clone().contiguous()
-        return out
-
-    def atoms(self, e: int) -> Tensor:
-        """Member e's dictionary, W_dec[e] detached: [m, d]."""
-        return self.W_dec[e].detach()
-
-    def extra_repr(self) -> str:
-        return (
-            f"E={self.n_members}, d={self.d}, m={self.m}, decoder_bias={self.decoder_bias}, "
-            f"l1={self.l1.tolist()}"
-        )
+        return {"loss": mse + l1_coef * l1, "mse": mse, "l1": l1}
 

@@ -26,22 +26,15 @@ from collections import defaultdict
 
 import torch
 
+from engine import metric_defs
+from engine import sources as source_kinds
+from engine.plan import sparsity_of
+from sae import base as sae_kinds
 from sae.metrics import cosine_matrix, mmcs_larger
 
 STABLE_COS = 0.9
 
-CONVENTIONS = {
-    "mmcs_truth": "mean over ground-truth features of the max cosine similarity with any dictionary atom (recall direction); atoms are decoder rows",
-    "mmcs_truth_precision": "mean over dictionary atoms of the max cosine similarity with any ground-truth feature",
-    "recovered_0.9": "number of ground-truth features whose max cosine with an atom exceeds 0.9",
-    "dead": "number of atoms whose activation is <= 0 on every sample of the evaluation set",
-    "l0": "mean number of active (> 0) codes per evaluation sample",
-    "mse": "mean over evaluation samples and dimensions of (x - x_hat)^2",
-    "fvu": "sum (x - x_hat)^2 / sum (x - mean(x))^2 over the evaluation set",
-    "mmcs_larger": "mean over this dictionary's atoms of the max cosine with an atom of the next larger dictionary of the same series",
-    "ce_recovered": "(ce_zero - ce_sae) / (ce_zero - ce_clean): 1 = the SAE reconstruction loses nothing, 0 = as bad as zeroing the activation",
-    "cosine": "signed cosine; max over the other set, then mean",
-}
+CONVENTIONS = metric_defs.conventions()
 
 SELECTED = {
     "mmcs_truth": ("mmcs_truth", "mmcs_truth_precision", "recovered_0.9", "recovered_0.9_frac"),
@@ -53,6 +46,12 @@ SELECTED = {
 }
 
 
+def _sparsity_value(series_entry: dict) -> float:
+    """The sparsity value of a feature_count series entry (its one key besides the rest)."""
+    names = {k.sparsity for k in sae_kinds.kinds().values()}
+    return next(v for k, v in series_entry.items() if k in names)
+
+
 def select(metrics: dict, wanted: tuple[str, ...]) -> dict:
     keep = {k for a in wanted for k in SELECTED.get(a, ())}
     return {k: v for k, v in metrics.items() if k in keep}
@@ -62,8 +61,8 @@ def series(plan, cells_meta: dict) -> dict[tuple, list]:
     """Cells grouped by everything but the dictionary size, each sorted by size."""
     out: dict[tuple, list] = defaultdict(list)
     for cell in plan.cells:
-        s = cell.sae
-        out[(cell.source.name, s.kind, s.l1, s.init, s.decoder_bias, s.seed, s.steps, s.batch, s.lr)].append(cell)
+        settings = {k: v for k, v in cell.sae.as_dict().items() if k != "m"}
+        out[(cell.source.name, *sorted(settings.items()))].append(cell)
     return {k: sorted(v, key=lambda c: c.sae.m) for k, v in out.items()}
 
 
@@ -125,7 +124,7 @@ def feature_count(plan, all_series, larger) -> dict:
         entry = per_source.setdefault(key[0], {"rule": "max over series and sizes of atoms stable (cos > 0.9) in the next larger dictionary", "series": []})
         entry["series"].append(
             {
-                "l1": best_cell.sae.l1,
+                best_cell.sae.sparsity_name: best_cell.sae.sparsity,
                 "init": best_cell.sae.init,
                 "estimate": best,
                 "at_m": best_cell.sae.m,
@@ -138,27 +137,29 @@ def feature_count(plan, all_series, larger) -> dict:
         entry["estimate"] = max(estimates)
         entry["saturated"] = any(s["saturated"] for s in entry["series"] if s["estimate"] == entry["estimate"])
         entry["range"] = [min(estimates), max(estimates)]
-        entry["series"].sort(key=lambda s: (s["l1"], s["init"]))
+        entry["series"].sort(key=lambda s: (_sparsity_value(s), s["init"]))
         sp = next(s for s in plan.sources if s.name == source)
-        if sp.kind == "toy":
-            entry["planted"] = sp.config.n_features
+        planted = source_kinds.of(sp.config).planted(sp.config)
+        if planted is not None:
+            entry["planted"] = planted
     return per_source
 
 
 def comparison(plan, cells_meta: dict, larger: dict) -> dict | None:
-    """Toy and LM sources side by side: per l1 and dictionary size, each source's similarity to
-    the next larger dictionary and dead fraction (the seed's comparison). None unless the plan
-    has both kinds."""
-    kinds = {sp.name: sp.kind for sp in plan.sources}
-    toys = [n for n, k in kinds.items() if k == "toy"]
-    lms = [n for n, k in kinds.items() if k == "lm"]
+    """A source with planted truth ("toy") and one without ("lm") side by side: per sparsity
+    value and dictionary size, each one's similarity to the next larger dictionary and dead
+    fraction (the seed's comparison). None unless the plan has both."""
+    truth = {sp.name: source_kinds.of(sp.config).has_truth for sp in plan.sources}
+    toys = [n for n, t in truth.items() if t]
+    lms = [n for n, t in truth.items() if not t]
     if not toys or not lms:
         return None
     rows: dict[tuple, dict] = {}
     for cid, cell in cells_meta.items():
         if cell["source"] not in (toys[0], lms[0]):
             continue
-        row = rows.setdefault((cell["sae"]["l1"], cell["sae"]["m"]), {"l1": cell["sae"]["l1"], "m": cell["sae"]["m"]})
+        name, value = sparsity_of(cell["sae"])
+        row = rows.setdefault((cell["sae"]["kind"], value, cell["sae"]["m"]), {name: value, "m": cell["sae"]["m"]})
         side = "toy" if cell["source"] == toys[0] else "lm"
         row[f"{side}_mmcs_larger"] = larger.get(cid, {}).get("value")
         row[f"{side}_dead_frac"] = cell["metrics"].get("dead_frac")

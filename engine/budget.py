@@ -17,7 +17,7 @@ this project is developed on (see README "Specs" and ``bench/roofline.py``):
 - Evaluation: each curve point encodes and decodes the evaluation set (``4 * samples * d *
   m`` FLOPs per cell), and a toy source draws that set once.
 - Each LM source: ``6 * params * tokens`` FLOPs (forward and backward) at
-  ``LM_FLOPS_PER_S`` = 10 GFLOP/s: the tiny LM is far below the GEMM rate (``toy_vs_lm``'s
+  ``LM_FLOPS_PER_S`` (engine.sources.lm) = 10 GFLOP/s: the tiny LM is far below the GEMM rate (``toy_vs_lm``'s
   54,528-parameter LM trained on 4M tokens in about 100 s, 13 GFLOP/s, corpus included).
 
 Finished cells and cached LMs are not subtracted; ``--jobs`` and GPUs are not credited:
@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import attrs
 
-from engine import convert, schema
+from engine import sources
 from engine.errors import UserError
-from engine.hashing import stable_json
 from engine.plan import Plan, step_flops
+from engine.train_cells import make_groups
 
 SAE_FLOPS_PER_S = 100e9
 GROUP_STEP_OVERHEAD_S = 1e-3
-LM_FLOPS_PER_S = 10e9
 LIMIT_S = 7 * 24 * 3600.0
 
 
@@ -81,47 +80,27 @@ def human(seconds: float) -> str:
     return f"{years:.0f} years" if years < 1e6 else f"{years:.1e} years"
 
 
-def lm_params(model: schema.LMModelSpec, vocab: int) -> int:
-    """Weights of the tiny LM: embeddings, unembedding, per layer attention and MLP."""
-    d, ff, layers, ctx = model.d_model, model.d_mlp, model.n_layers, model.context
-    return 2 * vocab * d + ctx * d + layers * (4 * d * d + 2 * d * ff)
-
-
 def estimate(plan: Plan) -> Estimate:
-    from engine.runner import make_groups
-
     sae_s = 0.0
     for group in make_groups(list(plan.cells)):
         first = group[0]
         steps = first.sae.steps
         flops = sum(step_flops(c) for c in group) * steps
-        src = first.source.config
-        if first.source.kind == "toy":
-            n = float(src.n_features)
-            flops += 2.0 * first.sae.batch * n * src.dim * steps
-            if src.correlation == "batch":
-                flops += 2.0 * n * n * steps
+        flops += sources.of(first.source.config).cost(first.source.config, plan.spec).step_flops(first.sae.batch) * steps
         # curves: the evaluation set encoded and decoded at 0, curve_every, ..., steps
         evals = steps // plan.spec.eval.curve_every + 2
         flops += evals * sum(4.0 * plan.spec.eval.samples * c.source.width * c.sae.m for c in group)
         sae_s += flops / SAE_FLOPS_PER_S + steps * GROUP_STEP_OVERHEAD_S
     lm_s = 0.0
-    lms = set()
+    models = set()
     for sp in plan.sources:
-        src = sp.config
-        if sp.kind == "toy":
-            n = float(src.n_features)
-            setup = 2.0 * plan.spec.eval.samples * n * src.dim  # the evaluation set
-            if src.correlation == "batch":
-                setup += 2.5 * n**3
-            sae_s += setup / SAE_FLOPS_PER_S
-        if sp.kind == "lm":
-            identity = stable_json({k: convert.unstructure(getattr(src, k)) for k in ("corpus", "tokenizer", "model", "train")})
-            if identity in lms:  # sources that differ only in their site share one LM
+        cost = sources.of(sp.config).cost(sp.config, plan.spec)
+        sae_s += cost.setup_flops / SAE_FLOPS_PER_S
+        if cost.model_seconds:
+            if cost.model_identity in models:  # sources that differ only in their site share one model
                 continue
-            lms.add(identity)
-            vocab = src.tokenizer.vocab_size if src.tokenizer.kind == "bpe" else 256
-            lm_s += 6.0 * lm_params(src.model, vocab) * src.train.tokens / LM_FLOPS_PER_S
+            models.add(cost.model_identity)
+            lm_s += cost.model_seconds
     return Estimate(sae_s, lm_s, len(plan.cells))
 
 

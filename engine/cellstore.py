@@ -14,10 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
+from engine import layout
 from engine.bundle import publish, temp_sibling
 from engine.hashing import sha256_bytes, sha256_file, stable_json
 
-CELL_FILES = ("sae.safetensors", "cell.json")
+CELL_FILES = (layout.CELL_TENSORS, layout.CELL_JSON)
 
 
 class KeyedStore:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
+from engine import layout, metric_defs
 from engine.errors import UserError
+from engine.plan import sparsity_of
 
 EXIT_INTERRUPTED = 130
 
@@ -25,30 +27,25 @@ def _log(quiet: bool):
     return (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def summary_table(metrics: dict) -> list[str]:
     """An aligned table of every cell's settings and headline metrics."""
-    columns = ["mmcs_truth", "recovered_0.9", "dead", "l0", "fvu", "ce_recovered"]
-    larger = metrics.get("analyses", {}).get("mmcs_larger", {})
-    rows = [["cell", "m", "l1"] + [c for c in columns if any(c in cell["metrics"] for cell in metrics["cells"].values())] + (["mmcs_larger"] if larger else [])]
+    columns = metric_defs.headline("table")
+    larger = metrics.analyses.get("mmcs_larger", {})
+    axis = "/".join(sorted({sparsity_of(c.sae)[0] for c in metrics.cells.values()})) or "l1"
+    rows = [["cell", "m", axis] + [c for c in columns if any(c in cell.metrics for cell in metrics.cells.values())] + (["mmcs_larger"] if larger else [])]
     shown = rows[0][3:]
-    order = sorted(metrics["cells"].items(), key=lambda kv: (kv[1]["source"], kv[1]["sae"]["m"], kv[1]["sae"]["l1"], kv[0]))
+    order = sorted(metrics.cells.items(), key=lambda kv: (kv[1].source, kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[0]))
     for cid, cell in order:
-        row = [cid, str(cell["sae"]["m"]), _fmt(cell["sae"]["l1"])]
+        row = [cid, str(cell.sae["m"]), metric_defs.fmt(sparsity_of(cell.sae)[1])]
         for c in shown:
             if c == "mmcs_larger":
-                row.append(_fmt(larger[cid]["value"]) if cid in larger else "-")
+                row.append(metric_defs.fmt(larger[cid]["value"]) if cid in larger else "-")
             else:
-                row.append(_fmt(cell["metrics"][c]) if c in cell["metrics"] else "-")
+                row.append(metric_defs.fmt(cell.metrics[c]) if c in cell.metrics else "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
-    for source, fc in metrics.get("analyses", {}).get("feature_count", {}).items():
+    for source, fc in metrics.analyses.get("feature_count", {}).items():
         planted = f" (planted: {fc['planted']})" if "planted" in fc else ""
         rising = "" if fc.get("saturated", True) else "; still rising at the largest size: a lower bound"
         lines.append(f"feature_count[{source}]: {fc['estimate']} (range {fc['range'][0]}-{fc['range'][1]}{rising}){planted}")
@@ -163,7 +160,7 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
     if not quiet:
         import json
 
-        metrics = json.loads((outcome.path / "metrics.json").read_text())
+        metrics = layout.read_metrics(outcome.path)
         for line in summary_table(metrics):
             click.echo(line)
         from engine.report import feature_lines

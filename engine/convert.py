@@ -176,18 +176,18 @@ def sweep_value(value, inner, conv: cattrs.Converter | None = None):
     return conv.structure(value, inner)
 
 
-def _source_hook(conv: cattrs.Converter):
-    kinds = schema.SOURCE_KINDS
+def _tagged_hook(conv: cattrs.Converter, kinds: dict[str, type], what: str, default: str | None = None):
+    """Structure a mapping into the class its ``kind`` names (``default`` when absent)."""
 
     def hook(v, _):
         if not isinstance(v, dict):
             raise Invalid(f"expected a mapping with a 'kind', got {_describe(v)}")
-        kind = v.get("kind")
+        kind = v.get("kind", default)
         if kind is None:
             raise Invalid(f"missing 'kind' (one of {', '.join(map(repr, kinds))})")
         if kind not in kinds:
             e = Invalid(
-                f"unknown source kind {kind!r}, expected one of {', '.join(map(repr, kinds))}"
+                f"unknown {what} kind {kind!r}, expected one of {', '.join(map(repr, kinds))}"
                 + (_suggest(kind, kinds) if isinstance(kind, str) else "")
             )
             e.subpath = ("kind",)
@@ -254,7 +254,9 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(attrs.has, lambda cl: _attrs_hook(conv, cl))
     conv.register_structure_hook_factory(lambda t: get_origin(t) is Annotated, lambda t: _annotated_hook(conv, t))
     conv.register_structure_hook_factory(lambda t: get_origin(t) is schema.Sweepable, lambda t: _sweepable_hook(conv, t))
-    conv.register_structure_hook(schema.Source, _source_hook(conv))
+    conv.register_structure_hook(schema.Source, _tagged_hook(conv, schema.SOURCE_KINDS, "source"))
+    conv.register_structure_hook(schema.SAESpec, _tagged_hook(conv, schema.SAE_KINDS, "SAE", default="relu_l1"))
+    conv.register_unstructure_hook(schema.SAESpec, lambda v: conv.unstructure(v, unstructure_as=type(v)))
     conv.register_unstructure_hook_func(is_sweep, _unstructure_sweep)
     conv.register_unstructure_hook_factory(
         lambda t: get_origin(t) is schema.Sweepable,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import attrs
 
+from engine import layout, metric_defs
 from engine import tensors as tensors_io
 from engine import yamlio
 from engine.bundle import verify
@@ -40,7 +41,8 @@ DEFAULT_COUNT_TOL = 0.02
 SAME_ATOM = 0.99
 # counts of atoms or features move in whole steps when one atom crosses a threshold; they are
 # compared as fractions (of the dictionary, of the planted features) within count_tol
-COUNTS = {"dead": "dead_frac", "dead_frac": "dead_frac", "recovered_0.9": "recovered_0.9_frac", "recovered_0.9_frac": "recovered_0.9_frac"}
+# a count is compared through its fraction of the dictionary (or of the features)
+COUNTS = {**metric_defs.COUNT_FRACTIONS, **{f: f for f in metric_defs.COUNT_FRACTIONS.values()}}
 
 
 @attrs.frozen
@@ -172,7 +174,7 @@ def _compare_numbers(name: str, a: dict, b: dict, tol: Tolerances) -> list[dict]
 
 def _decoder(b: Loaded, cell: str):
     """The ``[m, d]`` dictionary of a cell; BundleError if the file is not what it should be."""
-    return tensors_io.read_file(b.path / "cells" / cell / "sae.safetensors", {"decoder": 2})["decoder"].float()
+    return tensors_io.read_file(b.path / layout.cell_file(cell, layout.CELL_TENSORS), {"decoder": 2})["decoder"].float()
 
 
 def _dictionary(a: Loaded, ca: str, b: Loaded, cb: str, tol: Tolerances) -> dict:
@@ -188,7 +190,7 @@ def _dictionary(a: Loaded, ca: str, b: Loaded, cb: str, tol: Tolerances) -> dict
         "mmcs_ab": mab,
         "mmcs_ba": mba,
         "same_atoms": same,
-        "identical_bytes": a.meta["files"].get(f"cells/{ca}/sae.safetensors") == b.meta["files"].get(f"cells/{cb}/sae.safetensors"),
+        "identical_bytes": a.meta["files"].get(layout.cell_file(ca, layout.CELL_TENSORS)) == b.meta["files"].get(layout.cell_file(cb, layout.CELL_TENSORS)),
         "within": mab >= tol.min_mmcs and mba >= tol.min_mmcs,
     }
 
@@ -249,13 +251,9 @@ def compare(a: Loaded, b: Loaded, tol: Tolerances = Tolerances()) -> dict:
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.6g}"
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
-    return str(v)
+    return metric_defs.fmt(v, digits=6)
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:

@@ -1,7 +1,7 @@
 """Where groups of cells train: in this process, in a local process pool, or as Ray tasks.
 
 The unit of work is ``run_group``: lock the group's cells (``engine.locks``), skip the ones
-finished meanwhile by another run, train the rest as one ensemble (``runner.train_group``),
+finished meanwhile by another run, train the rest as one ensemble (``train_cells.train_group``),
 and put them into the cell store (``<results>/.cells``). Every executor runs that same
 function, so the bytes of a cell do not depend on where it trained; the parent process then
 assembles the bundle from the store as always.
@@ -30,10 +30,12 @@ from pathlib import Path
 
 import attrs
 
-from engine import locks
+from engine import locks, sources
 from engine.cellstore import cell_store
+from engine.determinism import configure_torch
 from engine.errors import CellFailure, UserError
 from engine.plan import Cell, Plan
+from engine.train_cells import train_group
 
 
 class ExecutorError(UserError):
@@ -71,24 +73,21 @@ _SOURCES: dict[tuple, object] = {}  # prepared sources of this (worker) process
 
 
 def _source_for(plan: Plan, results: Path, cell: Cell):
-    from engine import runner
-
     key = (plan.spec_hash, cell.source.key, str(results))
     if key not in _SOURCES:
         if len(_SOURCES) >= 4:
             _SOURCES.pop(next(iter(_SOURCES)))
-        _SOURCES[key] = runner.prepare_source(cell.source, plan, results, lambda s: None)
+        _SOURCES[key] = sources.prepare(cell.source, plan.spec, results, lambda s: None)
     return _SOURCES[key]
 
 
 def run_group(plan: Plan, results: Path, keys: list[str], code: dict, wait: bool, source=None, on_step=None) -> GroupResult:
-    """Train the cells ``keys`` (one group of ``runner.make_groups``) unless already finished.
+    """Train the cells ``keys`` (one group of ``train_cells.make_groups``) unless already finished.
 
     Cells whose lock another run holds are returned as ``busy``; with ``wait`` this waits for
     that run instead and then reuses its cells (or trains them, if it failed). ``source``:
     the prepared source (else prepared here, once per process). Never raises for a cell's
     failure or an unwritable results directory: those are in the result."""
-    from engine import runner
 
     results = Path(results)
     by_key = {c.key: c for c in plan.cells}
@@ -114,7 +113,7 @@ def run_group(plan: Plan, results: Path, keys: list[str], code: dict, wait: bool
                 if mine:
                     try:
                         src = source if source is not None else _source_for(plan, results, mine[0])
-                        done, files, failed = runner.train_group(mine, src, plan, on_step=on_step)
+                        done, files, failed = train_group(mine, src, plan, on_step=on_step)
                     except OSError:
                         raise
                     except Exception as e:  # noqa: BLE001 - a cell's crash is reported, not a traceback
@@ -176,8 +175,6 @@ def _watch_parent() -> None:
 
 def _init_worker(threads: int) -> None:
     """A pool worker: deterministic torch, SIGINT left to the parent, gone with the parent."""
-    from engine.runner import configure_torch
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, daemon=True).start()
     configure_torch(threads)
@@ -222,8 +219,6 @@ class Pool:
 
 
 def _ray_task(plan: Plan, results: str, keys: list[str], code: dict, wait: bool) -> GroupResult:
-    from engine.runner import configure_torch
-
     configure_torch(plan.spec.run.threads)
     return run_group(plan, Path(results), keys, code, wait)
 

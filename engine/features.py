@@ -43,6 +43,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine import layout
+from engine.plan import sparsity_of
+
 N_TOKENS = 1 << 17  # validation tokens analysed (fit + held-out)
 TOP_K = 8  # top activating contexts kept per feature
 BEFORE, AFTER = 10, 4  # context tokens shown before and after the firing token
@@ -57,10 +60,10 @@ ENCODE_CHUNK = 8192  # positions encoded at once
 def choose_cell(metrics: dict, source: str) -> str | None:
     """The cell analysed for ``source``: the largest dictionary at the smallest l1 (then the
     smallest cell id). None when the source has no cells."""
-    cells = [(cid, c) for cid, c in metrics["cells"].items() if c["source"] == source]
+    cells = [(cid, c) for cid, c in metrics.cells.items() if c.source == source]
     if not cells:
         return None
-    return min(cells, key=lambda kv: (-kv[1]["sae"]["m"], kv[1]["sae"]["l1"], kv[0]))[0]
+    return min(cells, key=lambda kv: (-kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[0]))[0]
 
 
 def analysis_windows(tokens: np.ndarray, context: int, n_tokens: int = N_TOKENS) -> np.ndarray:
@@ -90,16 +93,17 @@ class Codes:
 
 
 @torch.no_grad()
-def encode_sparse(x: Tensor, W_enc: Tensor, b_enc: Tensor, tokens: np.ndarray) -> Codes:
-    """x [P, d] (P = tokens.size), W_enc [d, m], b_enc [m] -> the non-zero codes, sparse."""
+def encode_sparse(x: Tensor, encode, m: int, tokens: np.ndarray) -> Codes:
+    """x [P, d] (P = tokens.size), ``encode``: [n, d] -> codes [n, m] (the cell's SAE at
+    inference) -> the non-zero codes, sparse."""
     pos, feat, val = [], [], []
     for lo in range(0, x.shape[0], ENCODE_CHUNK):
-        c = torch.relu(torch.addmm(b_enc, x[lo : lo + ENCODE_CHUNK], W_enc))
+        c = encode(x[lo : lo + ENCODE_CHUNK])
         nz = torch.nonzero(c > 0)  # row-major: sorted by (row, feature)
         pos.append(nz[:, 0].numpy() + lo)
         feat.append(nz[:, 1].numpy())
         val.append(c[nz[:, 0], nz[:, 1]].numpy())
-    return Codes(np.asarray(tokens), np.concatenate(pos).astype(np.int64), np.concatenate(feat).astype(np.int64), np.concatenate(val), int(W_enc.shape[1]))
+    return Codes(np.asarray(tokens), np.concatenate(pos).astype(np.int64), np.concatenate(feat).astype(np.int64), np.concatenate(val), int(m))
 
 
 # ----------------------------------------------------------------------------- labels
@@ -323,7 +327,7 @@ def analyse_source(root: Path, source, metrics: dict, corpus) -> dict | None:
     cid = choose_cell(metrics, source.name)
     if cid is None:
         return None
-    src_dir = Path(root) / "sources" / source.name
+    src_dir = Path(root) / layout.source_file(source.name, "")
     lm_info = json.loads((src_dir / "lm.json").read_text(encoding="utf-8"))
     tok = tokenizers.Tokenizer.from_file(str(src_dir / "tokenizer.json"))
     model = TinyLM(source.config.model, lm_info["vocab_size"])
@@ -331,16 +335,17 @@ def analyse_source(root: Path, source, metrics: dict, corpus) -> dict | None:
     model.eval()
     windows = analysis_windows(encode_documents(tok, corpus.val), source.config.model.context)
     x = read_site(model, torch.from_numpy(windows), source.config.site)
-    x = x * metrics["sources"][source.name].get("activation_scale", 1.0)
-    sae = tensors_io.from_bytes((Path(root) / "cells" / cid / "sae.safetensors").read_bytes())
-    codes = encode_sparse(x, sae["encoder.weight"], sae["encoder.bias"], windows)
-    cell = metrics["cells"][cid]
+    x = x * metrics.sources[source.name].get("activation_scale", 1.0)
+    cell = metrics.cells[cid]
+    model = layout.load_member(tensors_io.from_bytes((Path(root) / layout.cell_file(cid, layout.CELL_TENSORS)).read_bytes()), cell.sae)
+    codes = encode_sparse(x, lambda rows: model.member_encode(rows, 0), model.m, windows)
+    name, value = sparsity_of(cell.sae)
     return {
         "source": source.name,
         "cell": cid,
-        "m": cell["sae"]["m"],
-        "l1": cell["sae"]["l1"],
-        "rule": "the largest dictionary at the smallest l1 of the source",
+        "m": cell.sae["m"],
+        name: value,
+        "rule": f"the largest dictionary at the smallest {name} of the source",
         **analyse(codes, vocab_text(tok)),
     }
 

@@ -24,6 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from engine import sources as source_kinds
+from engine.plan import sparsity_of
+
 PNG_META = {"Software": None}
 
 
@@ -34,10 +37,21 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _sp(cell: dict) -> float:
+    """A cell's sparsity value (``l1`` for relu_l1; its kind's knob otherwise)."""
+    return sparsity_of(cell.sae)[1]
+
+
+def _axis(cells: dict) -> str:
+    """The name of the sparsity knob of these cells (one kind per figure)."""
+    names = sorted({sparsity_of(c.sae)[0] for c in cells.values()})
+    return "/".join(names) or "l1"
+
+
 def _by_source(metrics: dict) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = defaultdict(dict)
-    for cid, cell in sorted(metrics["cells"].items()):  # the order of metrics.json, also while writing it
-        out[cell["source"]][cid] = cell
+    for cid, cell in sorted(metrics.cells.items()):  # the order of metrics.json, also while writing it
+        out[cell.source][cid] = cell
     return out
 
 
@@ -47,13 +61,13 @@ def _series_lines(ax, cells: dict, value, ylabel: str, title: str) -> bool:
     for cid, cell in cells.items():
         y = value(cid, cell)
         if y is not None:
-            lines[cell["sae"]["l1"]].append((cell["sae"]["m"], y))
+            lines[_sp(cell)].append((cell.sae["m"], y))
     if not lines:
         return False
     cmap = plt.get_cmap("viridis")
     for i, (l1, pts) in enumerate(sorted(lines.items())):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=cmap(i / max(1, len(lines) - 1)), label=f"l1={l1:g}")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=cmap(i / max(1, len(lines) - 1)), label=f"{_axis(cells)}={l1:g}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("dictionary size m")
     ax.set_ylabel(ylabel)
@@ -64,23 +78,23 @@ def _series_lines(ax, cells: dict, value, ylabel: str, title: str) -> bool:
 
 
 def _heatmap(ax, cells: dict, key: str, title: str) -> bool:
-    l1s = sorted({c["sae"]["l1"] for c in cells.values()})
-    ms = sorted({c["sae"]["m"] for c in cells.values()})
-    if not cells or key not in next(iter(cells.values()))["metrics"]:
+    l1s = sorted({_sp(c) for c in cells.values()})
+    ms = sorted({c.sae["m"] for c in cells.values()})
+    if not cells or key not in next(iter(cells.values())).metrics:
         return False
     sums = np.zeros((len(l1s), len(ms)))
     counts = np.zeros((len(l1s), len(ms)))
     for c in cells.values():  # cells sharing a point (other inits or seeds) are averaged
-        if c["metrics"].get(key) is not None:
-            i, j = l1s.index(c["sae"]["l1"]), ms.index(c["sae"]["m"])
-            sums[i, j] += c["metrics"][key]
+        if c.metrics.get(key) is not None:
+            i, j = l1s.index(_sp(c)), ms.index(c.sae["m"])
+            sums[i, j] += c.metrics[key]
             counts[i, j] += 1
     grid = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     im = ax.imshow(grid, origin="lower", aspect="auto", cmap="magma")
     ax.set_xticks(range(len(ms)), [str(m) for m in ms], fontsize=7, rotation=45)
     ax.set_yticks(range(len(l1s)), [f"{v:.3g}" for v in l1s], fontsize=7)
     ax.set_xlabel("dictionary size m")
-    ax.set_ylabel("l1")
+    ax.set_ylabel(_axis(cells))
     ax.set_title(title, fontsize=10)
     plt.colorbar(im, ax=ax)
     return True
@@ -102,7 +116,7 @@ def _grid(ax, cells: dict, value, base: int, title: str) -> bool:
     for cid, c in cells.items():
         v = value(cid, c)
         if v is not None:
-            points[(c["sae"]["l1"], c["sae"]["m"])].append(v)
+            points[(_sp(c), c.sae["m"])].append(v)
     if not points:
         return False
     l1s = sorted({p[0] for p in points})
@@ -119,21 +133,21 @@ def _grid(ax, cells: dict, value, base: int, title: str) -> bool:
             if not np.isnan(v):
                 dark = hi > lo and (v - lo) / (hi - lo) < 0.6
                 ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
-    ax.set_ylabel("l1")
+    ax.set_ylabel(_axis(cells))
     shared = max(len(v) for v in points.values())
     ax.set_title(title + (f" (mean of {shared})" if shared > 1 else ""), fontsize=9)
     plt.colorbar(im, ax=ax)
     return True
 
 
-def grid_figure(source: str, kind: str, base: int, cells: dict, larger: dict) -> bytes | None:
+def grid_figure(source: str, base_name: str, base: int, cells: dict, larger: dict) -> bytes | None:
     """``<source>_grid.png``: the heat maps of ``GRID_PANELS`` that have values."""
     panels = []
     for key, title in GRID_PANELS:
         if key == "mmcs_larger":
             value = lambda cid, c: larger.get(cid, {}).get("value")
         else:
-            value = lambda cid, c, key=key: c["metrics"].get(key)
+            value = lambda cid, c, key=key: c.metrics.get(key)
         if any(value(cid, c) is not None for cid, c in cells.items()):
             panels.append((value, title))
     if not panels:
@@ -141,22 +155,23 @@ def grid_figure(source: str, kind: str, base: int, cells: dict, larger: dict) ->
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (value, title) in zip(axes[0], panels):
         _grid(ax, cells, value, base, title)
-        ax.set_xlabel(f"dictionary ratio m / {'n_features' if kind == 'toy' else 'width'} ({base})")
-    fig.suptitle(f"{source}: l1 x dictionary ratio", fontsize=10)
+        ax.set_xlabel(f"dictionary ratio m / {base_name} ({base})")
+    fig.suptitle(f"{source}: {_axis(cells)} x dictionary ratio", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
 
-def curves_figure(sources: dict[str, str], cells: dict, curves: dict[str, dict]) -> bytes | None:
-    """``curves.png``: per source one row: MMCS with the truth (toy) or FVU (LM), and the dead
-    fraction, over training steps; one line per cell, coloured by initialisation."""
-    rows = [s for s in sorted(sources) if any(c["source"] == s and cid in curves for cid, c in cells.items())]
+def curves_figure(sources: dict[str, bool], cells: dict, curves: dict[str, dict]) -> bytes | None:
+    """``curves.png``: per source one row: MMCS with the truth (sources with planted truth,
+    ``sources[name]`` true) or FVU, and the dead fraction, over training steps; one line per
+    cell, coloured by initialisation."""
+    rows = [s for s in sorted(sources) if any(c.source == s and cid in curves for cid, c in cells.items())]
     if not rows:
         return None
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.6 * len(rows)), squeeze=False)
     for r, source in enumerate(rows):
-        mine = sorted(((cid, c) for cid, c in cells.items() if c["source"] == source and cid in curves), key=lambda kv: (kv[1]["sae"]["init"], kv[1]["sae"]["m"], kv[1]["sae"]["l1"], kv[0]))
-        first = "mmcs_truth" if sources[source] == "toy" else "fvu"
+        mine = sorted(((cid, c) for cid, c in cells.items() if c.source == source and cid in curves), key=lambda kv: (kv[1].sae["init"], kv[1].sae["m"], _sp(kv[1]), kv[0]))
+        first = "mmcs_truth" if sources[source] else "fvu"
         label_each = len(mine) <= 12
         for col, key in enumerate((first, "dead_frac")):
             ax = axes[r][col]
@@ -165,11 +180,11 @@ def curves_figure(sources: dict[str, str], cells: dict, curves: dict[str, dict])
                 cv = curves[cid]
                 if key not in cv:
                     continue
-                init = c["sae"]["init"]
-                name = f"{init} m={c['sae']['m']} l1={c['sae']['l1']:g}" if label_each else (init if init not in seen else None)
+                init = c.sae["init"]
+                name = f"{init} m={c.sae['m']} {sparsity_of(c.sae)[0]}={_sp(c):g}" if label_each else (init if init not in seen else None)
                 seen.add(init)
                 ys = [np.nan if v is None else v for v in cv[key]]
-                style = ["-", "--", ":", "-."][sorted({x["sae"]["l1"] for _, x in mine}).index(c["sae"]["l1"]) % 4]
+                style = ["-", "--", ":", "-."][sorted({_sp(x) for _, x in mine}).index(_sp(c)) % 4]
                 ax.plot(cv["step"], ys, style, lw=1.2, color=INIT_COLOURS.get(init, "tab:gray"), alpha=0.85, label=name)
             ax.set_xlabel("training step")
             ax.set_ylabel(key)
@@ -185,29 +200,30 @@ def render(plan, metrics: dict, curves: dict[str, dict] | None = None) -> dict[s
     """Figures by file name (see the module docstring). ``curves``: cell id -> the ``curves``
     of its ``cell.json`` (training curves; no ``curves.png`` without them)."""
     out: dict[str, bytes] = {}
-    larger = metrics.get("analyses", {}).get("mmcs_larger", {})
+    larger = metrics.analyses.get("mmcs_larger", {})
     by_source = _by_source(metrics)
     kinds = {sp.name: sp.kind for sp in plan.sources}
+    truth = {sp.name: source_kinds.of(sp.config).has_truth for sp in plan.sources}
     for source, cells in sorted(by_source.items()):
-        fig, axes = plt.subplots(1, 3 if kinds[source] == "toy" else 2, figsize=(13 if kinds[source] == "toy" else 9, 3.8))
+        fig, axes = plt.subplots(1, 3 if truth[source] else 2, figsize=(13 if truth[source] else 9, 3.8))
         drawn = _series_lines(axes[0], cells, lambda cid, c: larger.get(cid, {}).get("value"), "MMCS with next larger", f"{source}: similarity to larger dictionary")
-        drawn |= _series_lines(axes[1], cells, lambda cid, c: c["metrics"].get("dead_frac"), "dead fraction", f"{source}: dead atoms")
-        if kinds[source] == "toy":
+        drawn |= _series_lines(axes[1], cells, lambda cid, c: c.metrics.get("dead_frac"), "dead fraction", f"{source}: dead atoms")
+        if truth[source]:
             drawn |= _heatmap(axes[2], cells, "mmcs_truth", f"{source}: MMCS with ground truth")
         fig.tight_layout()
         if drawn:
             out[f"{source}.png"] = _png(fig)
         else:
             plt.close(fig)
-    toys = [s for s in by_source if kinds[s] == "toy"]
-    lms = [s for s in by_source if kinds[s] == "lm"]
+    toys = [s for s in by_source if truth[s]]
+    lms = [s for s in by_source if not truth[s]]
     if toys and lms:
         fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharex=True)
         for col, source in enumerate((toys[0], lms[0])):
             cells = by_source[source]
             title = source if source == kinds[source] else f"{source} ({kinds[source]})"
             _series_lines(axes[0][col], cells, lambda cid, c: larger.get(cid, {}).get("value"), "MMCS with next larger", title)
-            _series_lines(axes[1][col], cells, lambda cid, c: c["metrics"].get("dead_frac"), "dead fraction", title)
+            _series_lines(axes[1][col], cells, lambda cid, c: c.metrics.get("dead_frac"), "dead fraction", title)
             axes[0][col].set_ylim(0, 1.02)
             axes[1][col].set_ylim(-0.02, 1.02)
         fig.suptitle("toy data vs language-model activations")
@@ -215,12 +231,12 @@ def render(plan, metrics: dict, curves: dict[str, dict] | None = None) -> dict[s
         out["toy_vs_lm.png"] = _png(fig)
     for sp in plan.sources:
         if sp.name in by_source:
-            base = sp.config.n_features if sp.kind == "toy" else sp.width
-            png = grid_figure(sp.name, sp.kind, base, by_source[sp.name], larger)
+            kind = source_kinds.of(sp.config)
+            png = grid_figure(sp.name, kind.ratio_base_name, kind.ratio_base(sp.config), by_source[sp.name], larger)
             if png is not None:
                 out[f"{sp.name}_grid.png"] = png
     if curves:
-        png = curves_figure(kinds, metrics["cells"], curves)
+        png = curves_figure(truth, metrics.cells, curves)
         if png is not None:
             out["curves.png"] = png
     return out

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from engine import convert, schema
+from engine import sources as source_kinds
 from engine.errors import Problem, SpecError
 from engine.hashing import (
     CELL_KEY_VERSION,
@@ -24,21 +25,39 @@ from engine.hashing import (
 )
 from engine.spec import parse_path, spec_hash, sweep_fields
 from engine.yamlio import format_path
+from sae import base as sae_kinds
 
 
 @attrs.frozen
 class SAEConfig:
-    """Concrete settings of one SAE (no sweeps; dictionary size resolved)."""
+    """Concrete settings of one SAE (no sweeps; dictionary size resolved).
+
+    ``hyper``: the kind's own hyperparameters (``{"l1": 0.1}`` for relu_l1), named as the
+    model's ``params``. ``as_dict`` is the flat form that cell keys hash and ``cell.json``
+    records: only the fields the kind has, so adding a kind changes no existing key."""
 
     kind: str
     m: int
-    l1: float
+    hyper: dict
     init: str
     decoder_bias: bool
     seed: int
     steps: int
     batch: int
     lr: float
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "m": self.m, **self.hyper, "init": self.init, "decoder_bias": self.decoder_bias,
+                "seed": self.seed, "steps": self.steps, "batch": self.batch, "lr": self.lr}
+
+    @property
+    def sparsity_name(self) -> str:
+        """The kind's sparsity knob (the axis of sweeps and figures)."""
+        return sae_kinds.get(self.kind).sparsity
+
+    @property
+    def sparsity(self) -> float:
+        return self.hyper[self.sparsity_name]
 
 
 @attrs.frozen
@@ -110,10 +129,7 @@ def points(spec: schema.Spec) -> list[dict[tuple, Any]]:
 
 
 def source_width(src) -> int:
-    if isinstance(src, schema.ToySource):
-        return src.dim
-    site = src.site
-    return src.model.d_mlp if ".mlp." in site else src.model.d_model
+    return source_kinds.of(src).width(src)
 
 
 def source_key(seed: int, src) -> str:
@@ -157,13 +173,13 @@ def make_plan(spec: schema.Spec) -> Plan:
             if sae.dict_size is not None:
                 m = sae.dict_size
             else:
-                base = src.n_features if isinstance(src, schema.ToySource) else sp.width
+                base = source_kinds.of(src).ratio_base(src)
                 m = round(sae.dict_ratio * base)
                 if m < 1:
                     problems.append((("sae", "dict_ratio"), f"ratio {sae.dict_ratio:g} of {base} gives a dictionary of {m} atoms for source {name!r}"))
                     continue
             cfg = SAEConfig(
-                kind=sae.kind, m=m, l1=sae.l1, init=sae.init, decoder_bias=sae.decoder_bias, seed=sae.seed,
+                kind=sae.kind, m=m, hyper=kind_hyper(sae), init=sae.init, decoder_bias=sae.decoder_bias, seed=sae.seed,
                 steps=sae.train.steps, batch=sae.train.batch, lr=sae.train.lr,
             )
             key = tagged_hash(
@@ -171,12 +187,12 @@ def make_plan(spec: schema.Spec) -> Plan:
                 {
                     "seed": spec.seed,
                     "source": sp.key,
-                    "sae": convert.unstructure(cfg),
+                    "sae": cfg.as_dict(),
                     "eval": convert.unstructure(spec.eval),
                     "run": convert.unstructure(spec.run),
                 },
             )
-            stream_id = tagged_hash(STREAM_ID_VERSION, {"source": sp.key, "sae": convert.unstructure(cfg)})
+            stream_id = tagged_hash(STREAM_ID_VERSION, {"source": sp.key, "sae": cfg.as_dict()})
             params = {format_path(p): v for p, v in point.items() if p[0] == "sae" or p[:2] == ("sources", name)}
             params["m"] = m
             cells.setdefault(key, Cell(f"{sp.name}-{key[:12]}", key, stream_id, sp, cfg, params))
@@ -185,6 +201,12 @@ def make_plan(spec: schema.Spec) -> Plan:
         unique = [p for p in problems if not (p in seen or seen.add(p))]
         raise SpecError([Problem("<plan>", None, None, format_path(p), m) for p, m in unique])
     return Plan(spec, spec_hash(spec), tuple(sources.values()), tuple(cells.values()))
+
+
+def kind_hyper(sae) -> dict:
+    """The concrete values of a kind's own fields (everything but the common ones)."""
+    common = set(schema.SAE_COMMON_HEAD + schema.SAE_COMMON_TAIL)
+    return {f.name: getattr(sae, f.name) for f in attrs.fields(type(sae)) if f.name not in common}
 
 
 def _substitute(spec: schema.Spec, point: dict) -> schema.Spec:
@@ -196,3 +218,9 @@ def _substitute(spec: schema.Spec, point: dict) -> schema.Spec:
 def step_flops(cell: Cell) -> float:
     """FLOPs of one training step: the five B x d x m matrix products (2 FLOPs per MAC)."""
     return 10.0 * cell.sae.batch * cell.source.width * cell.sae.m
+
+
+def sparsity_of(sae: dict) -> tuple[str, float]:
+    """(name, value) of the sparsity knob of a cell's recorded settings (``cell.json`` "sae")."""
+    name = sae_kinds.get(sae["kind"]).sparsity
+    return name, sae[name]

@@ -177,22 +177,62 @@ class SAETrainSpec:
     lr: Sweepable[PosFloat] = 1e-3
 
 
+SAE_COMMON_HEAD = ("kind", "dict_ratio", "dict_size")
+SAE_COMMON_TAIL = ("init", "decoder_bias", "seed", "train")
+
+
+def _sae_field_order(cls, fields):
+    """kind, dict_ratio, dict_size, the kind's own fields, init, decoder_bias, seed, train:
+    the order of the resolved spec.yaml whatever the kind."""
+    by_name = {f.name: f for f in fields}
+    fixed = SAE_COMMON_HEAD + SAE_COMMON_TAIL
+    own = [f for f in fields if f.name not in fixed]
+    return [by_name[n] for n in SAE_COMMON_HEAD if n in by_name] + own + [by_name[n] for n in SAE_COMMON_TAIL]
+
+
 @attrs.frozen(kw_only=True)
-class SAESpec:
-    """One SAE sweep, applied to every source. Give ``dict_ratio`` or ``dict_size``.
+class SAECommon:
+    """What every SAE sweep has. Give ``dict_ratio`` or ``dict_size``.
 
     ``dict_ratio`` is relative to ``n_features`` for toy sources (as in the interim report)
     and to the activation width for LM sources.
     """
 
-    kind: Literal["relu_l1"] = "relu_l1"
     dict_ratio: Sweepable[PosFloat] | None = None
     dict_size: Sweepable[PosInt] | None = None
-    l1: Sweepable[Annotated[float, Ge(0), Le(1e30)]]
     init: Sweepable[SAEInit] = "orthogonal"
     decoder_bias: bool = False
     seed: Sweepable[NonNegInt] = 0
     train: SAETrainSpec = SAETrainSpec()
+
+
+SAE_KINDS: dict[str, type] = {}
+
+
+def sae_kind(cls):
+    """Class decorator for the spec of one SAE kind (a subclass of ``SAECommon`` with a
+    ``kind: Literal[...]`` field and the kind's own hyperparameters, named as the model's
+    ``params`` in ``sae/``): makes it a frozen attrs class and registers it by kind."""
+    cls = attrs.frozen(kw_only=True, field_transformer=_sae_field_order)(cls)
+    kind = attrs.fields_dict(cls)["kind"].default
+    SAE_KINDS[kind] = cls
+    return cls
+
+
+class SAESpec:
+    """Annotation marker: the ``sae`` block, one of ``SAE_KINDS`` chosen by its ``kind``
+    (``relu_l1`` when absent). Structured by ``engine.convert``."""
+
+
+# ---------------------------------------------------------------- SAE kinds
+
+
+@sae_kind
+class ReluL1SAE(SAECommon):
+    """The interim report's SAE: ReLU codes, L1 penalty (``sae/relu_l1.py``)."""
+
+    kind: Literal["relu_l1"] = "relu_l1"
+    l1: Sweepable[Annotated[float, Ge(0), Le(1e30)]]
 
 
 @attrs.frozen

@@ -14,10 +14,10 @@ from typing import Any
 import attrs
 import yaml
 
-from engine import convert, schema, yamlio
+from engine import convert, schema, sources, yamlio
 from engine.errors import Problem, SpecError
 from engine.hashing import SPEC_HASH_VERSION, tagged_hash
-from engine.sweep import is_sweep
+from engine.sweep import is_sweep, values_of
 from engine.yamlio import format_path
 
 MAX_SPEC_BYTES = 1 << 20
@@ -175,15 +175,12 @@ def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
         which = "both" if sae.dict_ratio is not None else "neither"
         out.append((("sae",), f"give exactly one of dict_ratio or dict_size (got {which})"))
     for name, src in spec.sources.items():
-        if isinstance(src, schema.LMSource):
-            out += _check_lm(src, ("sources", name))
-            bases = _values(src.model.d_mlp) + _values(src.model.d_model)
-        else:
-            bases = _values(src.n_features)
+        kind = sources.of(src)
+        out += kind.check(src, ("sources", name))
         if sae.dict_ratio is not None:
-            smallest = min(_values(sae.dict_ratio)) * min(bases)
+            smallest = min(values_of(sae.dict_ratio)) * min(kind.ratio_bases(src))
             if round(smallest) < 1:
-                out.append((("sae", "dict_ratio"), f"ratio {min(_values(sae.dict_ratio)):g} gives a dictionary of {round(smallest)} atoms for source {name!r}"))
+                out.append((("sae", "dict_ratio"), f"ratio {min(values_of(sae.dict_ratio)):g} gives a dictionary of {round(smallest)} atoms for source {name!r}"))
     if not spec.analyses:
         out.append((("analyses",), "expected at least one analysis"))
     seen = set()
@@ -212,35 +209,6 @@ def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
             shown = ", ".join(f"{k} has {v}" for k, v in lengths.items())
             out.append((("zip", g), f"zipped sweeps must have equal lengths: {shown}"))
     return out
-
-
-def _check_lm(src: schema.LMSource, path: tuple) -> list[tuple[tuple, str]]:
-    out = []
-    c = src.corpus
-    given = [k for k in ("builtin", "hf", "files") if getattr(c, k) is not None]
-    if len(given) != 1:
-        out.append((path + ("corpus",), f"give exactly one of builtin, hf or files (got {', '.join(given) or 'none'})"))
-    if c.files is not None and not c.files:
-        out.append((path + ("corpus", "files"), "expected at least one file"))
-    m = src.model
-    for d, h in _pairs(m.d_model, m.n_heads):
-        if d % h:
-            out.append((path + ("model", "n_heads"), f"d_model {d} is not divisible by n_heads {h}"))
-            break
-    layers = max(_values(m.n_layers))
-    for site in _values(src.site):
-        layer = int(site.split(".")[1])
-        if layer >= layers:
-            out.append((path + ("site",), f"layer {layer} does not exist: the model has {layers} layers (0-{layers - 1})"))
-    return out
-
-
-def _values(v) -> tuple:
-    return v.values() if is_sweep(v) else (v,)
-
-
-def _pairs(a, b):
-    return [(x, y) for x in _values(a) for y in _values(b)]
 
 
 # ------------------------------------------------------------------ resolved form and identity

@@ -142,3 +142,8 @@ def parse_generator(raw: dict) -> tuple[Sweep | None, str | None]:
 
 def _is_number(v) -> bool:
     return type(v) in (int, float)
+
+
+def values_of(v) -> tuple:
+    """Every value a field can take: a sweep's values, or the plain value alone."""
+    return v.values() if is_sweep(v) else (v,)

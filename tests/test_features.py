@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine import features as F
+from engine.layout import metrics_from
 
 
 def _keys(cur, prev, vocab=4):
@@ -123,12 +124,12 @@ def test_analysis_windows_and_cell_choice():
     assert F.analysis_windows(np.arange(100), context=10, n_tokens=10_000).shape == (10, 10)
     with pytest.raises(ValueError, match="two windows"):
         F.analysis_windows(np.arange(15), context=10)
-    metrics = {"cells": {
-        "a": {"source": "lm", "sae": {"m": 64, "l1": 0.1}},
-        "b": {"source": "lm", "sae": {"m": 128, "l1": 1.0}},
-        "c": {"source": "lm", "sae": {"m": 128, "l1": 0.3}},
-        "d": {"source": "toy", "sae": {"m": 512, "l1": 0.1}},
-    }}
+    def cell(source, m, l1):
+        return {"source": source, "key": "k", "params": {}, "sae": {"kind": "relu_l1", "m": m, "l1": l1}, "metrics": {}}
+
+    metrics = metrics_from({"schema": 1, "spec_hash": "h", "conventions": {}, "sources": {}, "analyses": {}, "cells": {
+        "a": cell("lm", 64, 0.1), "b": cell("lm", 128, 1.0), "c": cell("lm", 128, 0.3), "d": cell("toy", 512, 0.1),
+    }})
     assert F.choose_cell(metrics, "lm") == "c" and F.choose_cell(metrics, "none") is None
 
 
@@ -136,7 +137,7 @@ def test_encode_sparse_matches_dense():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(50, 6, generator=g)
     W, b = torch.randn(6, 9, generator=g), torch.randn(9, generator=g) - 0.5
-    codes = F.encode_sparse(x, W, b, np.zeros((5, 10), dtype=np.int64))
+    codes = F.encode_sparse(x, lambda rows: torch.relu(torch.addmm(b, rows, W)), 9, np.zeros((5, 10), dtype=np.int64))
     dense = torch.relu(x @ W + b)
     rebuilt = torch.zeros(50, 9)
     rebuilt[codes.pos, codes.feat] = torch.from_numpy(codes.val)

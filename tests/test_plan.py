@@ -28,19 +28,19 @@ def plan_of(text, overrides=()):
 
 def test_cartesian_product_in_stable_order():
     plan = plan_of(BASE)
-    assert [(c.sae.m, c.sae.l1) for c in plan.cells] == [(16, 0.1), (16, 0.3), (32, 0.1), (32, 0.3)]
+    assert [(c.sae.m, c.sae.sparsity) for c in plan.cells] == [(16, 0.1), (16, 0.3), (32, 0.1), (32, 0.3)]
     assert len({c.key for c in plan.cells}) == 4
     assert plan.cells[0].params == {"sae.dict_ratio": 1.0, "sae.l1": 0.1, "m": 16}
 
 
 def test_zip_moves_together():
     plan = plan_of(BASE + "zip: [[sae.dict_ratio, sae.l1]]\n")
-    assert [(c.sae.m, c.sae.l1) for c in plan.cells] == [(16, 0.1), (32, 0.3)]
+    assert [(c.sae.m, c.sae.sparsity) for c in plan.cells] == [(16, 0.1), (32, 0.3)]
 
 
 def test_adding_a_cell_keeps_every_other_key():
-    small = {c.sae.l1: c.key for c in plan_of(BASE).cells if c.sae.m == 16}
-    bigger = {c.sae.l1: c.key for c in plan_of(BASE.replace("[0.1, 0.3]", "[0.05, 0.1, 0.3]")).cells if c.sae.m == 16}
+    small = {c.sae.sparsity: c.key for c in plan_of(BASE).cells if c.sae.m == 16}
+    bigger = {c.sae.sparsity: c.key for c in plan_of(BASE.replace("[0.1, 0.3]", "[0.05, 0.1, 0.3]")).cells if c.sae.m == 16}
     assert small[0.1] == bigger[0.1] and small[0.3] == bigger[0.3]
 
 

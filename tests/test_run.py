@@ -178,8 +178,8 @@ def test_a_failing_cell_does_not_take_its_batch_mates(tmp_path, monkeypatch):
     spec = tmp_path / "nan.yaml"
     spec.write_text(TINY.replace("[0.03, 0.1]", "[0.1, 0.5]").replace("[1, 2]", "1"))
     plan = make_plan(load_spec(spec))
-    bad = next(c for c in plan.cells if c.sae.l1 == 0.5)
-    good = next(c for c in plan.cells if c.sae.l1 == 0.1)
+    bad = next(c for c in plan.cells if c.sae.sparsity == 0.5)
+    good = next(c for c in plan.cells if c.sae.sparsity == 0.1)
     cli = CliRunner()
     r = cli.invoke(sae_run, [str(spec), "--results", str(tmp_path / "r")])
     assert r.exit_code == 1, r.output

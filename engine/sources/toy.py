@@ -1,46 +1,32 @@
-"""Data sources prepared for SAE training: a batch stream, an evaluation set, ground truth.
+"""The toy source: planted features, the report's generator, a fixed evaluation set.
 
 A prepared source hands every group of cells its own fresh batch stream seeded only by the
 source and the batch size, so all cells on a source see the same batches whichever group
-they train in. Toy sources live here; LM sources in ``engine.lm_source``.
+they train in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 
-from engine import convert
+from engine import convert, schema
 from engine import tensors as tensors_io
-from engine.plan import SourcePlan
 from engine.seeding import torch_generator
+from engine.sources.base import Cost, SourceKind
+from engine.sweep import values_of
 from toydata import ToyData, ToyDataConfig
 
 EVAL_CHUNK = 256  # toy eval samples are drawn in batches of this size (batch correlation depends on it)
 
 
-class PreparedSource(Protocol):
-    plan: SourcePlan
-    eval_x: torch.Tensor  # [N, d]
-    truth: torch.Tensor | None  # [n_features, d] planted features, toy only
-
-    def batches(self, batch: int) -> Callable[[int], torch.Tensor]: ...
-
-    def init_samples(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
-
-    def files(self) -> dict[str, bytes]: ...
-
-    def info(self) -> dict: ...
-
-    def cell_metrics(self, reconstruct: Callable[[torch.Tensor], torch.Tensor]) -> dict: ...
-
-
 class ToySourceData:
     """A toy source: planted features, the report's generator, a fixed evaluation set."""
 
-    def __init__(self, plan: SourcePlan, seed: int, eval_samples: int):
+    corpus = None
+
+    def __init__(self, plan, seed: int, eval_samples: int):
         self.plan = plan
         self.seed = seed
         cfg = plan.config
@@ -84,3 +70,43 @@ class ToySourceData:
 
     def cell_metrics(self, reconstruct) -> dict:
         return {}
+
+
+class ToyKind(SourceKind):
+    kind = "toy"
+    spec = schema.ToySource
+    has_truth = True
+    ratio_base_name = "n_features"
+
+    @staticmethod
+    def width(config) -> int:
+        return config.dim
+
+    @staticmethod
+    def ratio_base(config) -> int:
+        return config.n_features  # as in the interim report: m = ratio * n_features
+
+    @staticmethod
+    def ratio_bases(config) -> tuple[int, ...]:
+        return values_of(config.n_features)
+
+    @staticmethod
+    def planted(config) -> int:
+        return config.n_features
+
+    @staticmethod
+    def cost(config, spec) -> Cost:
+        n = float(config.n_features)
+        setup = 2.0 * spec.eval.samples * n * config.dim  # the evaluation set
+        if config.correlation == "batch":
+            setup += 2.5 * n**3
+
+        def per_step(batch: int) -> float:
+            flops = 2.0 * batch * n * config.dim
+            return flops + (2.0 * n * n if config.correlation == "batch" else 0.0)
+
+        return Cost(setup_flops=setup, step_flops=per_step)
+
+    @staticmethod
+    def prepare(plan, spec, results, log) -> ToySourceData:
+        return ToySourceData(plan, spec.seed, spec.eval.samples)

@@ -14,7 +14,7 @@ from pathlib import Path
 import tokenizers
 import torch
 
-from engine import convert
+from engine import convert, schema
 from engine import tensors as tensors_io
 from engine.cellstore import KeyedStore
 from engine.errors import SourceError
@@ -29,8 +29,9 @@ from engine.lm.corpus import CorpusError, load_corpus
 from engine.lm.model import TinyLM
 from engine.lm.tokenizer import build_tokenizer, encode_documents
 from engine.lm.train import ngram_baselines, train_lm
-from engine.plan import SourcePlan
 from engine.seeding import torch_generator
+from engine.sources.base import Cost, SourceKind
+from engine.sweep import values_of
 
 LM_KEY_VERSION = f"{PROJECT}/lm/v1"
 LM_FILES = ("model.safetensors", "tokenizer.json", "lm.json", "training.json")
@@ -62,7 +63,7 @@ class LMSourceData:
 
     truth = None
 
-    def __init__(self, plan: SourcePlan, spec, results: Path, log: Callable[[str], None]):
+    def __init__(self, plan, spec, results: Path, log: Callable[[str], None]):
         self.plan = plan
         src = plan.config
         self.seed = spec.seed
@@ -211,3 +212,63 @@ class LMSourceData:
         }
 
 
+
+
+def lm_params(model: schema.LMModelSpec, vocab: int) -> int:
+    """Weights of the tiny LM: embeddings, unembedding, per layer attention and MLP."""
+    d, ff, layers, ctx = model.d_model, model.d_mlp, model.n_layers, model.context
+    return 2 * vocab * d + ctx * d + layers * (4 * d * d + 2 * d * ff)
+
+
+LM_FLOPS_PER_S = 10e9  # calibrated on the 2-core reference machine (engine.budget)
+
+
+class LMKind(SourceKind):
+    kind = "lm"
+    spec = schema.LMSource
+    has_corpus = True
+
+    @staticmethod
+    def width(config) -> int:
+        return config.model.d_mlp if ".mlp." in config.site else config.model.d_model
+
+    @staticmethod
+    def ratio_bases(config) -> tuple[int, ...]:
+        return values_of(config.model.d_mlp) + values_of(config.model.d_model)
+
+    @staticmethod
+    def check(config, path: tuple) -> list[tuple[tuple, str]]:
+        out = []
+        c = config.corpus
+        given = [k for k in ("builtin", "hf", "files") if getattr(c, k) is not None]
+        if len(given) != 1:
+            out.append((path + ("corpus",), f"give exactly one of builtin, hf or files (got {', '.join(given) or 'none'})"))
+        if c.files is not None and not c.files:
+            out.append((path + ("corpus", "files"), "expected at least one file"))
+        m = config.model
+        for d in values_of(m.d_model):
+            bad = [h for h in values_of(m.n_heads) if d % h]
+            if bad:
+                out.append((path + ("model", "n_heads"), f"d_model {d} is not divisible by n_heads {bad[0]}"))
+                break
+        layers = max(values_of(m.n_layers))
+        for site in values_of(config.site):
+            layer = int(site.split(".")[1])
+            if layer >= layers:
+                out.append((path + ("site",), f"layer {layer} does not exist: the model has {layers} layers (0-{layers - 1})"))
+        return out
+
+    @staticmethod
+    def cost(config, spec) -> Cost:
+        identity = stable_json({k: convert.unstructure(getattr(config, k)) for k in ("corpus", "tokenizer", "model", "train")})
+        vocab = config.tokenizer.vocab_size if config.tokenizer.kind == "bpe" else 256
+        seconds = 6.0 * lm_params(config.model, vocab) * config.train.tokens / LM_FLOPS_PER_S
+        return Cost(model_seconds=seconds, model_identity=identity)
+
+    @staticmethod
+    def prepare(plan, spec, results, log) -> LMSourceData:
+        return LMSourceData(plan, spec, results, log)
+
+    @staticmethod
+    def load_corpus(config, cache: Path):
+        return load_corpus(config.corpus, cache)

@@ -24,6 +24,7 @@ __all__ = [
     "SynthConfig",
     "SynthData",
     "hierarchy_parents",
+    "hierarchy_size",
     "orthogonalize",
     "zipf_probabilities",
 ]

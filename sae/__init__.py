@@ -5,6 +5,7 @@ randomness from ``torch.Generator`` objects passed in.
 """
 
 from .init import INIT_KINDS, init_weights
+from .matching import F1Counter, assign_latents, latent_f1, mcc
 from .metrics import cosine_matrix, evaluate, max_cosine, mmcs, mmcs_larger, mmcs_truth
 from .relu_l1 import ReluL1
 from .train import curve_points, train

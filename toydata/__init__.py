@@ -3,5 +3,6 @@
 from .config import ToyDataConfig
 from .features import planted_features
 from .generator import ToyData
+from .synth import SynthConfig, SynthData
 
 __all__ = ["ToyData", "ToyDataConfig", "planted_features"]

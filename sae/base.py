@@ -116,14 +116,19 @@ class SAE(nn.Module):
         weights: Sequence[tuple[Tensor, Tensor, Tensor]],
         hyper: Sequence[dict[str, float]],
         decoder_bias: bool = False,
+        **options,
     ) -> SAE:
         """E members from one ``(W_enc [d, m], b_enc [m], W_dec [m, d])`` and one dict of
-        hyperparameters each (``sae.init.init_weights`` gives the weights)."""
+        hyperparameters each (``sae.init.init_weights`` gives the weights).
+
+        ``options`` are the kind's own constructor keywords shared by all members and not
+        swept (e.g. ``dead_tokens`` for ``topk``, ``prefixes`` for ``matryoshka_batchtopk``);
+        they are passed to the constructor unchanged, and a kind without options rejects any."""
         if not weights or len(weights) != len(hyper):
             raise ValueError(f"build: {len(weights)} weight sets and {len(hyper)} hyperparameter sets; need one each, at least one")
         stacked = [torch.stack([w[i] for w in weights]) for i in range(3)]
         values = {name: [float(h[name]) for h in hyper] for name in cls.params}
-        return cls(*stacked, decoder_bias=decoder_bias, **values)
+        return cls(*stacked, decoder_bias=decoder_bias, **values, **options)
 
     def member_hyper(self, e: int) -> dict[str, float]:
         return {name: float(getattr(self, name)[e]) for name in self.params}
@@ -261,8 +266,10 @@ class SAE(nn.Module):
         """Inverse of ``extra_tensors`` for member e."""
 
     @classmethod
-    def from_member_tensors(cls, tensors: list[dict[str, Tensor]], hyper: list[dict[str, float]]) -> SAE:
-        """Inverse of ``member_tensors``: one dict of tensors and one of hyperparameters per member."""
+    def from_member_tensors(cls, tensors: list[dict[str, Tensor]], hyper: list[dict[str, float]], **options) -> SAE:
+        """Inverse of ``member_tensors``: one dict of tensors and one of hyperparameters per
+        member; ``options`` as for ``build`` (a kind whose options are saved in its tensors
+        may read them from there)."""
         if not tensors or len(tensors) != len(hyper):
             raise ValueError("from_member_tensors: need one tensor dict and one hyperparameter dict per member")
         has_bias = ["decoder.bias" in t for t in tensors]
@@ -273,7 +280,7 @@ class SAE(nn.Module):
         W_dec = torch.stack([t["decoder"] for t in tensors])
         b_dec = torch.stack([t["decoder.bias"] for t in tensors]) if has_bias[0] else None
         values = {name: [float(h[name]) for h in hyper] for name in cls.params}
-        model = cls(W_enc, b_enc, W_dec, decoder_bias=has_bias[0], b_dec=b_dec, **values)
+        model = cls(W_enc, b_enc, W_dec, decoder_bias=has_bias[0], b_dec=b_dec, **values, **options)
         for e, t in enumerate(tensors):
             model.load_extra_(e, t)
         return model

@@ -13,9 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["INIT_KINDS", "init_weights", "unit_rows"]
+__all__ = ["DEFAULT_DECODER_INIT_NORM", "INIT_KINDS", "init_weights", "unit_rows"]
 
-INIT_KINDS = ("orthogonal", "data_samples", "tied")
+INIT_KINDS = ("orthogonal", "data_samples", "tied", "tied_small")
+
+# Atom norm of ``'tied_small'`` when none is given (SAELens' ``decoder_init_norm`` default;
+# Anthropic's April 2024 update initialises the atoms at a fixed small norm of this order).
+DEFAULT_DECODER_INIT_NORM = 0.1
 
 # Rows with a norm below this are treated as zero (left at zero by ``unit_rows``,
 # skipped as candidate atoms by ``data_samples``).
@@ -41,6 +45,8 @@ def init_weights(
     m: int,
     generator: torch.Generator,
     samples: Tensor | None = None,
+    *,
+    decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Initial ``(W_enc [d, m], b_enc [m], W_dec [m, d])`` for one member, all float32, contiguous.
 
@@ -58,6 +64,14 @@ def init_weights(
     - ``'tied'``: the decoder as in ``'orthogonal'`` (one ``orthogonal_`` draw of a
       ``[d, m]`` matrix, transposed, unit-normed rows), ``W_enc = W_dec.T``, ``b_enc = 0``.
       Only the initialisation is tied; training updates encoder and decoder separately.
+    - ``'tied_small'`` (Anthropic's April 2024 training update; SAELens' ``decoder_init_norm``
+      with ``init_encoder_as_decoder_transpose``): every atom is an independent random
+      direction, a ``torch.randn(m, d, generator=generator)`` draw with its rows scaled to unit
+      norm (uniform on the sphere), then scaled to L2 norm ``decoder_init_norm`` (default
+      0.1); ``W_enc = W_dec.T``, ``b_enc = 0``. Meant for a free decoder norm
+      (``ReluL1(decoder_norm="free", l1_weighting="decoder_norm")``); with a unit decoder the
+      first renormalisation brings the atoms back to norm 1. ``decoder_init_norm`` is used
+      by this kind only.
 
     Raises ``ValueError`` for an unknown kind, non-positive sizes, or ``'data_samples'``
     without usable samples.
@@ -70,6 +84,12 @@ def init_weights(
         W_dec = unit_rows(_orthogonal(d, m, generator).T).contiguous()
     elif kind == "tied":
         W_dec = unit_rows(_orthogonal(d, m, generator).T).contiguous()
+        W_enc = W_dec.T.contiguous()
+    elif kind == "tied_small":
+        if not (decoder_init_norm > 0 and decoder_init_norm < float("inf")):
+            raise ValueError(f"init_weights: decoder_init_norm must be finite and > 0, got {decoder_init_norm}")
+        directions = unit_rows(torch.randn(m, d, dtype=torch.float32, generator=generator))
+        W_dec = (directions * decoder_init_norm).contiguous()
         W_enc = W_dec.T.contiguous()
     elif kind == "data_samples":
         if samples is None:

@@ -1,0 +1,146 @@
+"""When a member has converged: the stopping rule of ``sae.train.train_members``.
+
+A rule is checked at *window boundaries*, the update counts s = window, 2 window, ...
+(a boundary s is looked at after the s-th optimiser update, after ``after_step_``). Each member
+is judged on its own numbers only, so its stop step is the same on every rerun and whether it
+trains alone or inside an ensemble (its numbers are bit-identical either way).
+
+``metric="loss"``: cur(s) = the member's mean training loss (``loss_and_grad_``'s ``'loss'``,
+accumulated in float64) over the updates s - window .. s - 1; prev = cur(s - window). The member
+has converged at s when
+
+    |prev - cur| <= rel_tol * |prev|
+
+The first possible check is therefore at s = 2 window.
+
+``metric="mmcs_truth"``: the trainer's ``stop_metric(model)`` callback (one value per member of
+the current ensemble, e.g. ``mmcs_truth_metric(features)``) is evaluated before the first update
+(s = 0) and at every boundary. The member has converged at s when it improved by less than
+``rel_tol`` **in absolute terms** over the window:
+
+    metric(s) - metric(s - window) < rel_tol
+
+(absolute, because MMCS is a cosine bounded by 1 and read against absolute bars like 0.9; a
+drop counts as "improved by less" and stops the member). A NaN never converges.
+
+Warm-ups: while the L1 coefficient or the learning rate is still warming up the loss is not
+comparable from window to window, so a check at s is made only when the earlier of the two
+compared windows starts after both warm-ups: s - 2 window >= warmup ("loss"), or
+s - window >= warmup ("mmcs_truth"), warmup = max(l1_warmup_steps, lr_warmup_steps).
+
+A member that has not converged stops at ``max_steps`` (reason ``"max_steps"``); a convergence
+at the boundary s = max_steps is reported as ``"converged"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .base import SAE
+
+__all__ = ["STOP_METRICS", "StopRule", "WindowJudge", "mmcs_truth_metric"]
+
+STOP_METRICS = ("loss", "mmcs_truth")
+
+
+def _positive_int(name: str):
+    def check(_instance, _attribute, value):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"StopRule.{name} must be a positive int, got {value!r}")
+
+    return check
+
+
+def _rel_tol(_instance, _attribute, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < float("inf")):
+        raise ValueError(f"StopRule.rel_tol must be a finite number >= 0, got {value!r}")
+
+
+@attrs.frozen
+class StopRule:
+    """Stop each member at the first window boundary where it has converged, else at max_steps.
+
+    - ``metric``: ``"loss"`` (the member's windowed mean training loss, relative change) or
+      ``"mmcs_truth"`` (a per-member metric callback, absolute improvement); see the module
+      docstring for the exact tests.
+    - ``rel_tol``: the tolerance (relative for ``"loss"``, absolute for ``"mmcs_truth"``).
+    - ``window``: updates per window; checks run at multiples of it.
+    - ``max_steps``: the most updates any member gets.
+    """
+
+    metric: str = attrs.field(validator=attrs.validators.in_(STOP_METRICS))
+    rel_tol: float = attrs.field(validator=_rel_tol)
+    window: int = attrs.field(validator=_positive_int("window"))
+    max_steps: int = attrs.field(validator=_positive_int("max_steps"))
+
+
+class WindowJudge:
+    """The bookkeeping of one ``StopRule`` over the current members (used by the trainer).
+
+    ``add_losses(v)`` takes one update's [E] loss values (CPU); ``judge(s, model)`` at a
+    boundary returns a [E] bool tensor (converged); ``keep(idx)`` drops removed members."""
+
+    def __init__(self, rule: StopRule, n_members: int, warmup: int, metric_fn: Callable[[SAE], Tensor] | None, model: SAE):
+        self.rule = rule
+        self.warmup = int(warmup)
+        self.metric_fn = metric_fn
+        self.prev: Tensor | None = None
+        self.sum = torch.zeros(n_members, dtype=torch.float64)
+        if rule.metric == "mmcs_truth":
+            if metric_fn is None:
+                raise ValueError("StopRule(metric='mmcs_truth') needs a stop_metric callback (e.g. sae.stopping.mmcs_truth_metric(features))")
+            self.prev = self._metric(model, n_members)
+
+    def _metric(self, model: SAE, n: int) -> Tensor:
+        with torch.no_grad():
+            v = torch.as_tensor(self.metric_fn(model)).detach().to("cpu", torch.float64).reshape(-1)
+        if v.shape[0] != n:
+            raise ValueError(f"stop_metric returned {v.shape[0]} values for {n} members")
+        return v
+
+    def add_losses(self, loss_cpu: Tensor) -> None:
+        if self.rule.metric == "loss":
+            self.sum += loss_cpu
+
+    def is_boundary(self, s: int) -> bool:
+        return s % self.rule.window == 0
+
+    def judge(self, s: int, model: SAE) -> Tensor:
+        """Converged flags [E] at boundary s (after update s)."""
+        w, tol = self.rule.window, self.rule.rel_tol
+        if self.rule.metric == "loss":
+            cur = self.sum / w
+            self.sum = torch.zeros_like(self.sum)
+            prev, self.prev = self.prev, (cur if s - w >= self.warmup else None)
+            if prev is None:
+                return torch.zeros(cur.shape[0], dtype=torch.bool)
+            return (prev - cur).abs() <= tol * prev.abs()
+        cur = self._metric(model, model.n_members)
+        prev, self.prev = self.prev, cur
+        if s - w < self.warmup:
+            return torch.zeros(cur.shape[0], dtype=torch.bool)
+        return (cur - prev) < tol
+
+    def keep(self, idx: Tensor) -> None:
+        self.sum = self.sum[idx]
+        if self.prev is not None:
+            self.prev = self.prev[idx]
+
+
+def mmcs_truth_metric(features: Tensor) -> Callable[[SAE], Tensor]:
+    """A ``stop_metric`` for ``metric="mmcs_truth"``: member by member,
+    ``sae.metrics.mmcs(features, model.atoms(e))`` (float64 [E]), the recall MMCS of the
+    ground-truth features [n, d]."""
+    from .metrics import mmcs
+
+    def metric(model: SAE) -> Tensor:
+        feats = features.to(model.W_dec.device)
+        return torch.tensor([mmcs(feats, model.atoms(e)) for e in range(model.n_members)], dtype=torch.float64)
+
+    return metric

@@ -320,7 +320,7 @@ def _saelens_python() -> str | None:
     return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def saelens_python() -> str:
     py = _saelens_python()
     if py is None:
@@ -331,7 +331,7 @@ def saelens_python() -> str:
     return py
 
 
-def test_saelens_loads_exports_and_matches(bundle, tmp_path, saelens_python):
+def test_saelens_loads_exports_and_matches(saelens_python, bundle, tmp_path):
     """Every exported cell and every mapped kind, loaded by SAELens's own loader: encode, decode
     and forward on fixed raw inputs match this project's map to 1e-5."""
     out = tmp_path / "sl"

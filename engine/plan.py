@@ -51,6 +51,12 @@ class SAEConfig:
                 "seed": self.seed, "steps": self.steps, "batch": self.batch, "lr": self.lr}
 
     @property
+    def options(self) -> dict:
+        """The kind's fields that are not per-member hyperparameters (shared by a group)."""
+        params = sae_kinds.get(self.kind).params
+        return {k: v for k, v in self.hyper.items() if k not in params}
+
+    @property
     def sparsity_name(self) -> str:
         """The kind's sparsity knob (the axis of sweeps and figures)."""
         return sae_kinds.get(self.kind).sparsity
@@ -87,7 +93,7 @@ class Cell:
     def group(self) -> tuple:
         """Cells with equal groups can train as one batched ensemble."""
         s = self.sae
-        return (self.source.key, s.kind, s.m, s.batch, s.steps, s.lr, s.decoder_bias)
+        return (self.source.key, s.kind, s.m, s.batch, s.steps, s.lr, s.decoder_bias, tuple(sorted(s.options.items())))
 
 
 @attrs.frozen

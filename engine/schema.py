@@ -235,6 +235,42 @@ class ReluL1SAE(SAECommon):
     l1: Sweepable[Annotated[float, Ge(0), Le(1e30)]]
 
 
+@sae_kind
+class TopKSAE(SAECommon):
+    """TopK (Gao et al. 2024): the k largest codes per sample; AuxK on dead latents
+    (``sae/topk.py``). ``dead_tokens``: a latent is dead after this many training samples
+    without firing (Gao et al.: 10M; the default here is 1,000 steps of 256)."""
+
+    kind: Literal["topk"] = "topk"
+    k: Sweepable[PosInt]
+    aux_coef: Sweepable[NonNegFloat] = 1 / 32
+    dead_tokens: PosInt = 256_000
+
+
+@sae_kind
+class BatchTopKSAE(SAECommon):
+    """BatchTopK (Bussmann et al. 2024): the k * batch largest codes of a batch while training,
+    a global threshold (a running estimate, saved) at inference (``sae/batchtopk.py``)."""
+
+    kind: Literal["batchtopk"] = "batchtopk"
+    k: Sweepable[PosInt]
+    aux_coef: Sweepable[NonNegFloat] = 1 / 32
+    dead_tokens: PosInt = 256_000
+
+
+@sae_kind
+class MatryoshkaBatchTopKSAE(SAECommon):
+    """Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK whose nested prefixes (fractions
+    of the dictionary, increasing, ending at 1) each reconstruct alone
+    (``sae/matryoshka_batchtopk.py``)."""
+
+    kind: Literal["matryoshka_batchtopk"] = "matryoshka_batchtopk"
+    k: Sweepable[PosInt]
+    aux_coef: Sweepable[NonNegFloat] = 1 / 32
+    dead_tokens: PosInt = 256_000
+    prefixes: tuple[Fraction, ...] = (0.25, 0.5, 1.0)
+
+
 @attrs.frozen
 class EvalSpec:
     samples: PosInt = 4096

@@ -79,7 +79,8 @@ def initial_model(cells: list[Cell], src: PreparedSource, seed: int) -> sae_kind
             samples = src.init_samples(c.sae.m, torch_generator(seed, "sae_init_data", c.stream_id))
         weights.append(init_weights(c.sae.init, src.plan.width, c.sae.m, torch_generator(seed, "sae_init", c.stream_id), samples))
     kind = sae_kinds.get(cells[0].sae.kind)
-    return kind.build(weights, [c.sae.hyper for c in cells], cells[0].sae.decoder_bias)
+    hyper = [{p: c.sae.hyper[p] for p in kind.params} for c in cells]
+    return kind.build(weights, hyper, cells[0].sae.decoder_bias, **cells[0].sae.options)
 
 
 def train_group(

@@ -60,6 +60,7 @@ class SAE(nn.Module):
     sparsity: ClassVar[str]  # the hyperparameter that sets sparsity: the axis of sweeps and figures
     tensor_format: ClassVar[str]  # safetensors metadata "format" of a saved member, e.g. "relu_l1/v1"
     unit_decoder: bool = True  # atoms renormalised to unit norm after every step
+    loss_terms: ClassVar[tuple[str, ...]] = ("loss", "mse")  # terms of ``losses`` recorded as train_<term> curves
 
     def __init__(
         self,

@@ -58,6 +58,7 @@ class MatryoshkaBatchTopK(BatchTopK):
 
     kind = "matryoshka_batchtopk"
     tensor_format = "matryoshka_batchtopk/v1"
+    loss_terms = ("loss", "mse", "auxk", "prefix_mse")
 
     def __init__(self, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, *, prefixes: Sequence[float] = DEFAULT_PREFIXES, **rest) -> None:
         super().__init__(W_enc, b_enc, W_dec, **rest)

@@ -77,6 +77,7 @@ class ReluL1(SAE):
 
     kind = "relu_l1"
     params = ("l1",)
+    loss_terms = ("loss", "mse", "l1")
     sparsity = "l1"
     tensor_format = "relu_l1/v1"
 

@@ -78,6 +78,7 @@ class TopKFamily(SAE):
     """
 
     params = ("k", "aux_coef")
+    loss_terms = ("loss", "mse", "auxk")
     sparsity = "k"
 
     def __init__(

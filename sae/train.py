@@ -41,7 +41,6 @@ from .stopping import StopRule, WindowJudge
 
 __all__ = ["MemberResult", "NonFiniteLoss", "TrainResult", "curve_points", "train", "train_members"]
 
-_TRAIN_KEYS = ("loss", "mse", "l1")
 _CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 _NORM_EPS = 1e-12
 
@@ -236,6 +235,7 @@ def train_members(
             raise ValueError(f"resample_dead_every needs resample_generators, one torch.Generator per member ({E0})")
     hypers = [model.member_hyper(e) for e in range(E0)]
     results: list[MemberResult | None] = [None] * E0
+    _TRAIN_KEYS = tuple(model.loss_terms)  # recorded as train_<term> curves
     curves: list[dict[str, list]] = [{"step": [], **{f"train_{k}": [] for k in _TRAIN_KEYS}} for _ in range(E0)]
 
     def record(s: int, rows: list[int], train_means: Tensor) -> None:
@@ -276,7 +276,7 @@ def train_members(
 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     judge = WindowJudge(stop, E0, opts.warmup, stop_metric, model) if stop is not None else None
-    acc = torch.zeros(len(_TRAIN_KEYS), E0, dtype=torch.float64)  # running sums of loss, mse, l1
+    acc = torch.zeros(len(_TRAIN_KEYS), E0, dtype=torch.float64)  # running sums of the loss terms
     n_acc = 0
     fired = None
     recent: deque = deque(maxlen=opts.resample_pool_batches)

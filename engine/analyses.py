@@ -62,7 +62,7 @@ def series(plan, cells_meta: dict) -> dict[tuple, list]:
     out: dict[tuple, list] = defaultdict(list)
     for cell in plan.cells:
         settings = {k: v for k, v in cell.sae.as_dict().items() if k != "m"}
-        out[(cell.source.name, *sorted(settings.items()))].append(cell)
+        out[(cell.source.name, *sorted((k, repr(v)) for k, v in settings.items()))].append(cell)
     return {k: sorted(v, key=lambda c: c.sae.m) for k, v in out.items()}
 
 

@@ -35,6 +35,8 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
                 "sae": cj["sae"],
                 "metrics": analyses.select(cj["metrics"], spec.analyses),
             }
+            if "stop" in cj:  # trained with a stop rule: where and why it stopped
+                cells_meta[cell.id]["stop"] = cj["stop"]
             full_metrics[cell.id] = cj["metrics"]
             saved = tensors_io.from_bytes((d / layout.CELL_TENSORS).read_bytes())
             atoms[cell.id] = saved["decoder"]

@@ -84,7 +84,7 @@ def estimate(plan: Plan) -> Estimate:
     sae_s = 0.0
     for group in make_groups(list(plan.cells)):
         first = group[0]
-        steps = first.sae.steps
+        steps = first.sae.max_steps  # an upper bound with a stop rule
         flops = sum(step_flops(c) for c in group) * steps
         flops += sources.of(first.source.config).cost(first.source.config, plan.spec).step_flops(first.sae.batch) * steps
         # curves: the evaluation set encoded and decoded at 0, curve_every, ..., steps

@@ -42,7 +42,11 @@ def summary_table(metrics: dict) -> list[str]:
                 row.append(metric_defs.fmt(larger[cid]["value"]) if cid in larger else "-")
             else:
                 row.append(metric_defs.fmt(cell.metrics[c]) if c in cell.metrics else "-")
+        if any(c.stop for c in metrics.cells.values()):
+            row.append(f"{cell.stop['step']} {cell.stop['reason']}" if cell.stop else "-")
         rows.append(row)
+    if any(c.stop for c in metrics.cells.values()):
+        rows[0].append("stopped")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
     for source, fc in metrics.analyses.get("feature_count", {}).items():

@@ -21,7 +21,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from engine import schema
 from engine.sweep import Values, is_sweep, parse_generator
@@ -239,6 +239,16 @@ def _unstructure_sweep(v):
     return v.unstructure()
 
 
+def _has_added_fields(cl) -> bool:
+    return attrs.has(cl) and any(f.metadata.get("omit_if_default") for f in attrs.fields(cl))
+
+
+def _omit_added_defaults(conv: cattrs.Converter, cl):
+    """Unstructure ``cl`` leaving out fields added after schema 1 while at their default."""
+    added = {f.name: override(omit_if_default=True) for f in attrs.fields(cl) if f.metadata.get("omit_if_default")}
+    return make_dict_unstructure_fn(cl, conv, **added)
+
+
 def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(int, _int)
@@ -258,6 +268,7 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(schema.SAESpec, _tagged_hook(conv, schema.SAE_KINDS, "SAE", default="relu_l1"))
     conv.register_unstructure_hook(schema.SAESpec, lambda v: conv.unstructure(v, unstructure_as=type(v)))
     conv.register_unstructure_hook_func(is_sweep, _unstructure_sweep)
+    conv.register_unstructure_hook_factory(_has_added_fields, lambda cl: _omit_added_defaults(conv, cl))
     conv.register_unstructure_hook_factory(
         lambda t: get_origin(t) is schema.Sweepable,
         lambda t: lambda v: v.unstructure() if is_sweep(v) else conv.unstructure(v),

@@ -156,7 +156,7 @@ class InProcess:
     def map(self, groups: list[list[Cell]], wait: bool) -> Iterator[tuple[list[Cell], GroupResult]]:
         for group in groups:
             first = group[0]
-            with self.progress.stage(f"training {first.source.name} m={first.sae.m} x{len(group)} (steps)", first.sae.steps, transient=True) as bar:
+            with self.progress.stage(f"training {first.source.name} m={first.sae.m} x{len(group)} (steps)", first.sae.max_steps, transient=True) as bar:
                 r = run_group(self.plan, self.results, [c.key for c in group], self.code, wait, self.prepared[first.source.key], bar.update)
             yield group, r
 

@@ -50,6 +50,7 @@ class CellRecord:
     sae: dict  # the flat settings of engine.plan.SAEConfig.as_dict
     metrics: dict
     curves: dict
+    stop: dict | None = None  # {"step": s, "reason": "converged" | "max_steps"} with a stop rule
 
     @property
     def kind(self) -> str:
@@ -65,6 +66,7 @@ class CellEntry:
     params: dict
     sae: dict
     metrics: dict
+    stop: dict | None = None
 
 
 @attrs.frozen

@@ -45,10 +45,22 @@ class SAEConfig:
     steps: int
     batch: int
     lr: float
+    stop: dict | None = None  # a StopSpec as plain data: train to convergence
+    recipe: dict | None = None  # a RecipeSpec as plain data
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "m": self.m, **self.hyper, "init": self.init, "decoder_bias": self.decoder_bias,
-                "seed": self.seed, "steps": self.steps, "batch": self.batch, "lr": self.lr}
+        out = {"kind": self.kind, "m": self.m, **self.hyper, "init": self.init, "decoder_bias": self.decoder_bias,
+               "seed": self.seed, "steps": self.steps, "batch": self.batch, "lr": self.lr}
+        if self.stop is not None:
+            out["stop"] = self.stop
+        if self.recipe is not None:
+            out["recipe"] = self.recipe
+        return out
+
+    @property
+    def max_steps(self) -> int:
+        """The most steps it trains: ``steps``, or the stop rule's ``max_steps``."""
+        return self.stop["max_steps"] if self.stop is not None else self.steps
 
     @property
     def options(self) -> dict:
@@ -93,7 +105,8 @@ class Cell:
     def group(self) -> tuple:
         """Cells with equal groups can train as one batched ensemble."""
         s = self.sae
-        return (self.source.key, s.kind, s.m, s.batch, s.steps, s.lr, s.decoder_bias, tuple(sorted(s.options.items())))
+        return (self.source.key, s.kind, s.m, s.batch, s.steps, s.lr, s.decoder_bias, tuple(sorted(s.options.items())),
+                repr(s.stop), repr(s.recipe))
 
 
 @attrs.frozen
@@ -187,6 +200,8 @@ def make_plan(spec: schema.Spec) -> Plan:
             cfg = SAEConfig(
                 kind=sae.kind, m=m, hyper=kind_hyper(sae), init=sae.init, decoder_bias=sae.decoder_bias, seed=sae.seed,
                 steps=sae.train.steps, batch=sae.train.batch, lr=sae.train.lr,
+                stop=convert.unstructure(sae.train.stop) if sae.train.stop is not None else None,
+                recipe=convert.unstructure(sae.train.recipe) if sae.train.recipe is not None else None,
             )
             key = tagged_hash(
                 CELL_KEY_VERSION,
@@ -209,10 +224,16 @@ def make_plan(spec: schema.Spec) -> Plan:
     return Plan(spec, spec_hash(spec), tuple(sources.values()), tuple(cells.values()))
 
 
+def _set_fields(obj) -> dict:
+    """An attrs object's fields as plain data, less the fields added after schema 1 that are
+    at their default (so that keys of cells that do not use them never change)."""
+    return {f.name: getattr(obj, f.name) for f in attrs.fields(type(obj)) if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == f.default)}
+
+
 def kind_hyper(sae) -> dict:
     """The concrete values of a kind's own fields (everything but the common ones)."""
     common = set(schema.SAE_COMMON_HEAD + schema.SAE_COMMON_TAIL)
-    return {f.name: getattr(sae, f.name) for f in attrs.fields(type(sae)) if f.name not in common}
+    return {k: v for k, v in _set_fields(sae).items() if k not in common}
 
 
 def _substitute(spec: schema.Spec, point: dict) -> schema.Spec:

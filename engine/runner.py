@@ -169,10 +169,11 @@ def dry_run_lines(plan: Plan) -> list[str]:
         lines.append(f"source {sp.name}: {sp.kind}, width {sp.width}, key {sp.key[:12]}")
     total = 0.0
     for c in plan.cells:
-        flops = step_flops(c) * c.sae.steps
+        flops = step_flops(c) * c.sae.max_steps
         total += flops
         params = ", ".join(f"{k}={v}" for k, v in c.params.items() if k != "m")
-        lines.append(f"  {c.id}  m={c.sae.m} steps={c.sae.steps} batch={c.sae.batch}  {params}  ({flops / 1e9:.1f} GFLOP)")
+        steps = c.sae.steps if c.sae.stop is None else f"<={c.sae.max_steps}"
+        lines.append(f"  {c.id}  m={c.sae.m} steps={steps} batch={c.sae.batch}  {params}  ({flops / 1e9:.1f} GFLOP)")
     lines.append(f"{len(plan.cells)} cells in {len(make_groups(list(plan.cells)))} groups, {total / 1e12:.2f} TFLOP of SAE training")
     return lines
 

@@ -170,11 +170,50 @@ SOURCE_KINDS: dict[str, type] = {"toy": ToySource, "lm": LMSource}
 # ---------------------------------------------------------------- SAE sweep
 
 
+# Fields added after schema 1 carry this: while at their default they are left out of the
+# resolved spec, so every spec written before them keeps its hash, cell keys and bytes.
+ADDED = {"omit_if_default": True}
+
+
+@attrs.frozen
+class StopSpec:
+    """Train until converged (``sae.stopping.StopRule``): every ``window`` steps a member's
+    mean training loss over the last window is compared with the previous window's, and it
+    stops when they differ by at most ``rel_tol`` of the previous (``metric: loss``); with
+    ``metric: mmcs_truth`` (sources with planted features) when the recall MMCS rose by less
+    than ``rel_tol`` (absolute) over the last window. At most ``max_steps`` steps."""
+
+    metric: Literal["loss", "mmcs_truth"] = "loss"
+    rel_tol: Annotated[float, Gt(0), Le(1)] = 1e-3
+    window: PosInt = 500
+    max_steps: Annotated[int, Ge(1), Le(10_000_000)] = 50_000
+
+
+@attrs.frozen
+class RecipeSpec:
+    """Training recipes beyond the 2022 one (``sae.recipes.Recipe``); every default is off."""
+
+    lr_warmup_steps: Sweepable[NonNegInt] = 0
+    lr_decay: Sweepable[Literal["none", "linear"]] = "none"
+    lr_decay_frac: Sweepable[Fraction] = 0.2
+    l1_warmup_steps: Sweepable[NonNegInt] = 0
+    grad_clip: Sweepable[PosFloat] | None = None
+    resample_dead_every: Sweepable[NonNegInt] = 0
+    resample_encoder_scale: Sweepable[PosFloat] = 0.2
+    # decoder atoms initialised as random directions at this norm, encoder = decoder^T
+    # (overrides ``init``; SAELens' decoder_init_norm with a tied encoder)
+    decoder_init_norm: Sweepable[PosFloat] | None = None
+
+
 @attrs.frozen
 class SAETrainSpec:
+    """``steps`` fixed steps, or ``stop`` (train to convergence, at most ``stop.max_steps``)."""
+
     steps: Sweepable[PosInt] = 20_000
     batch: Sweepable[PosInt] = 256
     lr: Sweepable[PosFloat] = 1e-3
+    stop: StopSpec | None = attrs.field(default=None, metadata=ADDED)
+    recipe: RecipeSpec | None = attrs.field(default=None, metadata=ADDED)
 
 
 SAE_COMMON_HEAD = ("kind", "dict_ratio", "dict_size")
@@ -233,6 +272,10 @@ class ReluL1SAE(SAECommon):
 
     kind: Literal["relu_l1"] = "relu_l1"
     l1: Sweepable[Annotated[float, Ge(0), Le(1e30)]]
+    # "free": atoms not renormalised after each step (with recipe.decoder_init_norm)
+    decoder_norm: Literal["unit", "free"] = attrs.field(default="unit", metadata=ADDED)
+    # "decoder_norm": the L1 term weights each |c_j| by ||W_dec_j|| (Anthropic, April 2024)
+    l1_weighting: Literal["plain", "decoder_norm"] = attrs.field(default="plain", metadata=ADDED)
 
 
 @sae_kind

@@ -181,6 +181,16 @@ def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
             smallest = min(values_of(sae.dict_ratio)) * min(kind.ratio_bases(src))
             if round(smallest) < 1:
                 out.append((("sae", "dict_ratio"), f"ratio {min(values_of(sae.dict_ratio)):g} gives a dictionary of {round(smallest)} atoms for source {name!r}"))
+    stop = sae.train.stop
+    if stop is not None:
+        if sae.train.steps != schema.SAETrainSpec.__attrs_attrs__.steps.default:
+            out.append((("sae", "train", "steps"), "give steps or stop, not both (with stop, training runs to convergence or stop.max_steps)"))
+        if stop.max_steps < 2 * stop.window:
+            out.append((("sae", "train", "stop", "max_steps"), f"must be at least two windows ({2 * stop.window}): convergence compares the last two windows"))
+        if stop.metric == "mmcs_truth":
+            for name, src in spec.sources.items():
+                if not sources.of(src).has_truth:
+                    out.append((("sae", "train", "stop", "metric"), f"mmcs_truth needs planted features, and source {name!r} ({src.kind}) has none; use metric: loss"))
     if not spec.analyses:
         out.append((("analyses",), "expected at least one analysis"))
     seen = set()

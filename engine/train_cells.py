@@ -23,7 +23,9 @@ from engine.sources import PreparedSource
 from sae import base as sae_kinds
 from sae.init import init_weights
 from sae.metrics import evaluate
-from sae.train import NonFiniteLoss, train
+from sae.recipes import Recipe
+from sae.stopping import StopRule, mmcs_truth_metric
+from sae.train import NonFiniteLoss, train, train_members
 
 MAX_GROUP_PARAMS = 1 << 24  # members of a batched group hold at most this many weights together
 
@@ -42,7 +44,7 @@ def make_groups(cells: list[Cell]) -> list[list[Cell]]:
 
 
 def plan_flops(cells: list[Cell]) -> float:
-    return sum(step_flops(c) * c.sae.steps for c in cells)
+    return sum(step_flops(c) * c.sae.max_steps for c in cells)
 
 
 @torch.no_grad()
@@ -71,13 +73,16 @@ def _scalars(metrics: dict) -> dict:
 
 
 def initial_model(cells: list[Cell], src: PreparedSource, seed: int) -> sae_kinds.SAE:
-    """The group's ensemble before training: member e from cell e's own seed streams."""
+    """The group's ensemble before training: member e from cell e's own seed streams.
+    ``recipe.decoder_init_norm`` replaces the init by ``tied_small`` at that norm."""
     weights = []
     for c in cells:
         samples = None
-        if c.sae.init == "data_samples":
+        norm = (c.sae.recipe or {}).get("decoder_init_norm")
+        init, extra = ("tied_small", {"decoder_init_norm": norm}) if norm is not None else (c.sae.init, {})
+        if init == "data_samples":
             samples = src.init_samples(c.sae.m, torch_generator(seed, "sae_init_data", c.stream_id))
-        weights.append(init_weights(c.sae.init, src.plan.width, c.sae.m, torch_generator(seed, "sae_init", c.stream_id), samples))
+        weights.append(init_weights(init, src.plan.width, c.sae.m, torch_generator(seed, "sae_init", c.stream_id), samples, **extra))
     kind = sae_kinds.get(cells[0].sae.kind)
     hyper = [{p: c.sae.hyper[p] for p in kind.params} for c in cells]
     return kind.build(weights, hyper, cells[0].sae.decoder_bias, **cells[0].sae.options)
@@ -96,13 +101,21 @@ def train_group(
     eval_x = src.eval_x.to(device)
     truth = src.truth.to(device) if src.truth is not None else None
     failures: list[CellFailure] = []
+    stops: list[dict] | None = None
     while cells:
         model = initial_model(cells, src, plan.spec.seed).to(device)
         batches = src.batches(first.batch)
         try:
-            curves = train(
-                model, lambda step: batches(step).to(device), first.steps, first.lr, lambda m: evaluate(m, eval_x, truth), plan.spec.eval.curve_every, on_step
-            )
+            if first.stop is None and first.recipe is None:  # the 2022 loop, as it always ran
+                curves = train(
+                    model, lambda step: batches(step).to(device), first.steps, first.lr, lambda m: evaluate(m, eval_x, truth), plan.spec.eval.curve_every, on_step
+                )
+                per_member = [{k: list(vals) if k == "step" else [_finite(point[e]) for point in vals] for k, vals in curves.items()} for e in range(len(cells))]
+            else:
+                result = _train_members(cells, model, batches, device, eval_x, truth, plan, on_step)
+                model = result.model(device)
+                per_member = [{k: list(v) if k == "step" else [_finite(x) for x in v] for k, v in m.curves.items()} for m in result.members]
+                stops = result.stops if first.stop is not None else None
             break
         except NonFiniteLoss as e:
             bad = set(e.members)
@@ -120,14 +133,15 @@ def train_group(
         metrics = _scalars({k: v[e] for k, v in final.items()})
         with torch.no_grad():
             metrics.update(_scalars(src.cell_metrics(lambda x, e=e: model.member_forward(x.to(device), e)[0].cpu())))
-        member_curves = {k: list(vals) if k == "step" else [_finite(point[e]) for point in vals] for k, vals in curves.items()}
         cell_json = {
             "key": cell.key,
             "source_key": cell.source.key,
             "sae": cell.sae.as_dict(),
             "metrics": metrics,
-            "curves": member_curves,
+            "curves": per_member[e],
         }
+        if stops is not None:
+            cell_json["stop"] = stops[e]
         tensors = {**model.member_tensors(e), "firing_frequency": firing_frequency(model, e, eval_x)}
         out.append(
             {
@@ -136,3 +150,24 @@ def train_group(
             }
         )
     return cells, out, failures
+
+
+def _train_members(cells: list[Cell], model, batches, device, eval_x, truth, plan: Plan, on_step):
+    """The group trained with its stop rule and/or recipe (``sae.train.train_members``)."""
+    first = cells[0].sae
+    stop = StopRule(**first.stop) if first.stop is not None else None
+    recipe = Recipe(**(first.recipe or {}))
+    resample = [torch_generator(plan.spec.seed, "sae_resample", c.stream_id) for c in cells] if recipe.resample_dead_every else None
+    return train_members(
+        model,
+        lambda step: batches(step).to(device),
+        first.lr,
+        steps=None if stop is not None else first.steps,
+        stop=stop,
+        options=recipe,
+        evaluate=lambda m: evaluate(m, eval_x, truth),
+        curve_every=plan.spec.eval.curve_every,
+        on_step=on_step,
+        stop_metric=mmcs_truth_metric(truth) if stop is not None and stop.metric == "mmcs_truth" else None,
+        resample_generators=resample,
+    )

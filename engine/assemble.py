@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine import analyses, layout, provenance, report
+from engine import analyses, claims, layout, provenance, report
 from engine import tensors as tensors_io
 from engine.bundle import BundleWriter
 from engine.cellstore import KeyedStore
@@ -22,7 +22,7 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
     w = BundleWriter(final)
     try:
         w.write_text(layout.SPEC_FILE, dump_spec(spec))
-        cells_meta, full_metrics, atoms, live = {}, {}, {}, {}
+        cells_meta, full_metrics, atoms, live, curves = {}, {}, {}, {}, {}
         for cell in plan.cells:
             d = store.dir(cell.key)
             for name in (layout.CELL_TENSORS, layout.CELL_JSON):
@@ -38,6 +38,7 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
             if "stop" in cj:  # trained with a stop rule: where and why it stopped
                 cells_meta[cell.id]["stop"] = cj["stop"]
             full_metrics[cell.id] = cj["metrics"]
+            curves[cell.id] = cj.get("curves", {})
             saved = tensors_io.from_bytes((d / layout.CELL_TENSORS).read_bytes())
             atoms[cell.id] = saved["decoder"]
             live[cell.id] = saved["firing_frequency"] > 0
@@ -58,11 +59,14 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
             "sources": sources,
             "cells": cells_meta,
             "analyses": cross,
+            "claims": claims.evaluate(plan, cells_meta, cross, curves),
         }
         w.write_json(layout.METRICS_FILE, metrics)
         t_report = time.perf_counter()
         corpora = {sp.name: prepared[sp.key].corpus for sp in plan.sources if prepared[sp.key].corpus is not None}
-        for name, data in report.build(w.tmp, plan, layout.metrics_from(metrics), corpora).items():
+        # the report reads metrics.json as written (key order and all), as sae-report will
+        written = layout.read_metrics(w.tmp)
+        for name, data in report.build(w.tmp, plan, written, corpora).items():
             w.write_bytes(layout.report_file(name), data)
         timings["report"] = round(time.perf_counter() - t_report, 3)
         meta = {

@@ -27,6 +27,14 @@ def _log(quiet: bool):
     return (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
 
 
+def _claim_value(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_claim_value(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return "[" + ", ".join(_claim_value(x) for x in v) + "]"
+    return metric_defs.fmt(v)
+
+
 def summary_table(metrics: dict) -> list[str]:
     """An aligned table of every cell's settings and headline metrics."""
     columns = metric_defs.headline("table")
@@ -49,6 +57,8 @@ def summary_table(metrics: dict) -> list[str]:
         rows[0].append("stopped")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
+    for c in metrics.claims:
+        lines.append(f"claim {c['id']}: {c['verdict'].upper()} ({c['metric']} = {_claim_value(c['value'])})" + (f"; {c['note']}" if c.get("note") else ""))
     for source, fc in metrics.analyses.get("feature_count", {}).items():
         planted = f" (planted: {fc['planted']})" if "planted" in fc else ""
         rising = "" if fc.get("saturated", True) else "; still rising at the largest size: a lower bound"

@@ -79,6 +79,7 @@ class MetricsFile:
     sources: dict
     cells: dict[str, CellEntry]
     analyses: dict
+    claims: list = attrs.Factory(list)  # engine.claims: {id, statement, metric, value, verdict, cells[, note]}
 
 
 def _structure(data, cl, where: Path):

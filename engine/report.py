@@ -109,6 +109,47 @@ def metrics_table(metrics: dict) -> str:
     return '<table class="metrics"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
 
 
+LABELLED_RANGE = (400, 800)  # the seed's "roughly 600" easily labellable features, +- a third
+
+
+def labelled_claims(metrics, analysed: dict) -> list[dict]:
+    """The seed's labelled-feature claim per analysed LM source (judged here: the feature
+    analysis is part of the report). Inconclusive unless the analysed cell converged."""
+    out = []
+    lo, hi = LABELLED_RANGE
+    for source, a in sorted(analysed.items()):
+        n = a["summary"]["labelled"]
+        stop = metrics.cells[a["cell"]].stop
+        entry = {"id": f"labelled[{source}]", "statement": f"roughly 600 features are easily labellable ({lo}-{hi}; {source})",
+                 "metric": "features labelled by the automatic token/bigram rule", "value": n, "cells": [a["cell"]]}
+        if stop is None or stop["reason"] != "converged":
+            entry.update(verdict="inconclusive", note="the analysed cell " + ("ran a fixed number of steps" if stop is None else "stopped at max_steps"))
+        else:
+            entry["verdict"] = "reproduced" if lo <= n <= hi else "refuted"
+        out.append(entry)
+    return out
+
+
+def _value(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return _fmt(v)
+
+
+def claims_table(entries: list[dict]) -> str:
+    """The claims and their verdicts (``engine.claims``), or nothing when there are none."""
+    if not entries:
+        return ""
+    rows = "".join(
+        f'<tr><td>{_e(c["id"])}</td><td class="{_e(c["verdict"])}">{_e(c["verdict"])}</td><td>{_e(c["statement"])}</td>'
+        f'<td>{_e(c["metric"])}: {_e(_value(c["value"]))}</td><td>{_e(c.get("note", ""))}</td></tr>'
+        for c in entries
+    )
+    return '<h2>Claims</h2><table class="claims"><thead><tr><th>claim</th><th>verdict</th><th>statement</th><th>metric</th><th>note</th></tr></thead><tbody>' + rows + "</tbody></table>"
+
+
 def verdict_lines(metrics: dict, analysed: dict) -> list[str]:
     out = []
     for source, fc in sorted(metrics.analyses.get("feature_count", {}).items()):
@@ -157,12 +198,13 @@ def page(plan, metrics: dict, spec_text: str, files: dict[str, bytes], analysed:
             f"{_json_script(ident, a)}</section>"
         )
     verdict = "".join(f"<li>{_e(line)}</li>" for line in [*verdict_lines(metrics, analysed), *notes])
+    table = claims_table([*metrics.claims, *labelled_claims(metrics, analysed)])
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\">"
         f"<title>{_e(spec.name)} report</title><style>{CSS}</style></head><body>"
         f"<h1>{_e(spec.name)}</h1><p class=\"note\">spec hash {_e(plan.spec_hash)} · seed {spec.seed} · {len(metrics.cells)} cells"
         f"{' · ' + _e(spec.description) if spec.description else ''}</p>"
-        f"<h2>Verdict</h2><ul>{verdict}</ul><h2>Metrics</h2>{metrics_table(metrics)}"
+        f"<h2>Verdict</h2><ul>{verdict}</ul>{table}<h2>Metrics</h2>{metrics_table(metrics)}"
         f"<h2>Figures</h2>{''.join(figs)}{''.join(browsers)}"
         f"<h2>Spec</h2><details><summary>spec.yaml (resolved)</summary><pre>{_e(spec_text)}</pre></details>"
         f"<script>{JS}</script></body></html>\n"

@@ -169,8 +169,8 @@ def test_a_failing_cell_does_not_take_its_batch_mates(tmp_path, monkeypatch):
 
     step = ReluL1.loss_and_grad_
 
-    def poisoned(self, x):  # the member with l1 == 0.5 diverges at once
-        out = step(self, x)
+    def poisoned(self, x, *args, **kwargs):  # the member with l1 == 0.5 diverges at once
+        out = step(self, x, *args, **kwargs)
         out["loss"] = torch.where(self.l1 == 0.5, torch.full_like(out["loss"], float("nan")), out["loss"])
         return out
 

@@ -3,6 +3,10 @@
 ``make.py`` records, for each case, the spec hash, the cell keys and the bundle's file
 manifest (path -> sha256) into ``bundles.json``; the test recomputes them. A change that moves
 any of these is a change of behaviour: regenerate only on purpose, and say so in the commit.
+
+History: recorded before the engine reshape (issue 14), which kept every byte. Regenerated once
+when metrics.json gained its ``claims`` table (issue 15): only ``metrics.json`` and
+``report/index.html`` changed; every cell, source file, spec hash and cell key stayed the same.
 """
 
 from __future__ import annotations

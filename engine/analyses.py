@@ -26,10 +26,11 @@ from collections import defaultdict
 
 import torch
 
-from engine import metric_defs
+from engine import layout, metric_defs
 from engine import sources as source_kinds
 from engine.plan import sparsity_of
 from sae import base as sae_kinds
+from sae import matching
 from sae.metrics import cosine_matrix, mmcs_larger
 
 STABLE_COS = 0.9
@@ -43,6 +44,8 @@ SELECTED = {
     "mse": ("mse",),
     "fvu": ("fvu",),
     "ce_recovered": ("ce_clean", "ce_sae", "ce_zero", "ce_recovered"),
+    "mcc": ("mcc", "mcc_matched_0.9", "mcc_matched_0.9_frac"),
+    "latent_f1": ("f1", "precision", "recall"),
 }
 
 
@@ -164,3 +167,42 @@ def comparison(plan, cells_meta: dict, larger: dict) -> dict | None:
         row[f"{side}_mmcs_larger"] = larger.get(cid, {}).get("value")
         row[f"{side}_dead_frac"] = cell["metrics"].get("dead_frac")
     return {"toy": toys[0], "lm": lms[0], "rows": [rows[k] for k in sorted(rows)]}
+
+
+# ---------------------------------------------------------------- against the truth, at assembly
+
+TRUTH_ANALYSES = ("mcc", "latent_f1")  # computed per cell while the bundle is assembled
+ENCODE_CHUNK = 4096  # evaluation rows encoded at once by truth_metrics
+
+
+def truth_metrics(tensors: dict, sae: dict, truth, eval_x, eval_codes, wanted) -> dict:
+    """A cell's ``mcc`` / ``latent_f1`` metrics (those of them in ``wanted``), from its saved
+    tensors (``sae.safetensors``) and recorded settings (``cell.json`` "sae") against its
+    source's planted ``truth`` [n, d] and evaluation set ``eval_x`` [N, d] with true codes
+    ``eval_codes`` [N, n] (``sae.matching``):
+
+    - ``mcc``, ``mcc_matched_0.9``, ``mcc_matched_0.9_frac``: ``mcc(truth, decoder)``;
+    - ``f1``, ``precision``, ``recall``: means over live latents of ``latent_f1`` of the
+      cell's SAE re-encoding ``eval_x`` (``member_encode``, CPU) against ``eval_codes``, each
+      latent assigned its max-|cos| feature (the default rule); null where no latent is live.
+
+    Empty for a source without truth. Deterministic: float64 cosines, a solver without
+    randomness, integer counts."""
+    out: dict = {}
+    if truth is None:
+        return out
+    truth = truth.detach().cpu()
+    atoms = tensors["decoder"].detach().cpu()
+    if "mcc" in wanted:
+        r = matching.mcc(truth, atoms)
+        out.update({"mcc": r["mcc"], "mcc_matched_0.9": r["matched_0.9"], "mcc_matched_0.9_frac": r["matched_0.9_frac"]})
+    if "latent_f1" in wanted and eval_codes is not None:
+        model = layout.load_member({k: v.cpu() for k, v in tensors.items()}, sae)
+        counter = matching.F1Counter(matching.assign_latents(truth, atoms), truth.shape[0])
+        with torch.no_grad():
+            for i in range(0, eval_x.shape[0], ENCODE_CHUNK):
+                codes = model.member_encode(eval_x[i : i + ENCODE_CHUNK].cpu(), 0)
+                counter.update(codes, eval_codes[i : i + ENCODE_CHUNK].cpu())
+        r = counter.result()
+        out.update({"f1": r["f1_mean"], "precision": r["precision_mean"], "recall": r["recall_mean"]})
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}

@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine import analyses, claims, layout, provenance, report
+from engine import analyses, claims, layout, metric_defs, provenance, report
 from engine import tensors as tensors_io
 from engine.bundle import BundleWriter
 from engine.cellstore import KeyedStore
@@ -40,6 +40,10 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
             full_metrics[cell.id] = cj["metrics"]
             curves[cell.id] = cj.get("curves", {})
             saved = tensors_io.from_bytes((d / layout.CELL_TENSORS).read_bytes())
+            if any(a in spec.analyses for a in analyses.TRUTH_ANALYSES):
+                src = prepared[cell.source.key]
+                extra = analyses.truth_metrics(saved, cj["sae"], src.truth, src.eval_x, getattr(src, "eval_codes", None), spec.analyses)
+                cells_meta[cell.id]["metrics"].update(analyses.select(extra, spec.analyses))
             atoms[cell.id] = saved["decoder"]
             live[cell.id] = saved["firing_frequency"] > 0
         sources = {}
@@ -55,7 +59,7 @@ def write_bundle(plan, final, prepared, store: KeyedStore, code, timings, t0) ->
         metrics = {
             "schema": 1,
             "spec_hash": plan.spec_hash,
-            "conventions": analyses.CONVENTIONS,
+            "conventions": metric_defs.conventions(spec.analyses),
             "sources": sources,
             "cells": cells_meta,
             "analyses": cross,

@@ -16,6 +16,7 @@ class MetricDef:
     integer: bool = False  # a count (recorded as an int)
     headline: tuple[str, ...] = ()  # the views showing it as a column: "table" (sae-run's closing table), "report"
     fraction_of: str | None = None  # for counts: the metric holding count / size (sae-diff compares that)
+    opt_in: str | None = None  # computed only when the spec lists this analysis; listed in "conventions" only then
 
 
 METRICS: tuple[MetricDef, ...] = (
@@ -33,6 +34,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("ce_clean", None),
     MetricDef("ce_sae", None),
     MetricDef("ce_zero", None),
+    MetricDef("mcc", "mean over one-to-one matched (ground-truth feature, atom) pairs of |cosine|, the matching maximising their sum (Hungarian; min(n_features, m) pairs); computed at bundle assembly", opt_in="mcc"),
+    MetricDef("mcc_matched_0.9", "number of those matched pairs with |cosine| > 0.9", integer=True, fraction_of="mcc_matched_0.9_frac", opt_in="mcc"),
+    MetricDef("mcc_matched_0.9_frac", None, opt_in="mcc"),
+    MetricDef("f1", "mean over live latents (firing on the evaluation set) of the F1 of 'latent > 0' against 'its feature > 0' in the evaluation set's true codes; a latent's feature is the planted one of max |cosine| with its atom; computed at bundle assembly", opt_in="latent_f1"),
+    MetricDef("precision", "mean over live latents of P(its feature is active | latent > 0) on the evaluation set (see f1)", opt_in="latent_f1"),
+    MetricDef("recall", "mean over live latents of P(latent > 0 | its feature is active) on the evaluation set (see f1)", opt_in="latent_f1"),
 )
 BY_NAME = {m.name: m for m in METRICS}
 
@@ -49,9 +56,11 @@ INTEGER: frozenset[str] = frozenset(m.name for m in METRICS if m.integer)
 COUNT_FRACTIONS: dict[str, str] = {m.name: m.fraction_of for m in METRICS if m.fraction_of}
 
 
-def conventions() -> dict[str, str]:
-    """metrics.json "conventions": every listed metric's meaning, then the general ones."""
-    return {**{m.name: m.meaning for m in METRICS if m.meaning is not None}, **GENERAL}
+def conventions(analyses: tuple[str, ...] = ()) -> dict[str, str]:
+    """metrics.json "conventions": every listed metric's meaning (opt-in ones only where their
+    analysis is in ``analyses``), then the general ones."""
+    listed = [m for m in METRICS if m.meaning is not None and (m.opt_in is None or m.opt_in in analyses)]
+    return {**{m.name: m.meaning for m in listed}, **GENERAL}
 
 
 def fmt(v, digits: int = 4, missing: str = "-") -> str:

@@ -69,8 +69,12 @@ HookSite = Annotated[str, Matches(r"blocks\.\d+\.(resid\.pre|resid\.mid|resid\.p
 Correlation = Literal["batch", "none", "per_sample"]
 Magnitude = Literal["uniform", "constant", "product"]
 SAEInit = Literal["orthogonal", "data_samples", "tied"]
-Analysis = Literal["mmcs_truth", "dead", "l0", "mse", "fvu", "mmcs_larger", "feature_count", "ce_recovered"]
+Analysis = Literal["mmcs_truth", "dead", "l0", "mse", "fvu", "mmcs_larger", "feature_count", "ce_recovered", "mcc", "latent_f1"]
 ALL_ANALYSES: tuple[str, ...] = Analysis.__args__  # type: ignore[attr-defined]
+# what a spec that lists no analyses gets: every analysis but the opt-in ones (mcc, latent_f1,
+# computed at bundle assembly); it is the default of Spec.analyses, so it is part of every
+# spec hash and must not change
+DEFAULT_ANALYSES: tuple[str, ...] = ("mmcs_truth", "dead", "l0", "mse", "fvu", "mmcs_larger", "feature_count", "ce_recovered")
 
 
 # ---------------------------------------------------------------- toy source
@@ -163,8 +167,36 @@ class LMSource:
     activations: ActivationSpec = ActivationSpec()
 
 
-Source = Union[ToySource, LMSource]
-SOURCE_KINDS: dict[str, type] = {"toy": ToySource, "lm": LMSource}
+# ---------------------------------------------------------------- synth source
+
+
+@attrs.frozen
+class SynthSource:
+    """SynthSAEBench-style data (``toydata.synth``): Zipfian firing probabilities in
+    [p_min, p_max], a forest of ``n_roots`` trees (``branching`` children per node, ``depth``
+    generations below the roots; mutually exclusive siblings; ``n_roots: 0`` = none), a
+    low-rank Gaussian copula (``correlation_rank: 0`` or ``correlation_scale: 0`` =
+    independent), folded-normal magnitudes. ``dict_ratio`` is relative to ``n_features``."""
+
+    kind: Literal["synth"] = "synth"
+    n_features: Sweepable[PosInt] = 512
+    dim: Sweepable[PosInt] = 256
+    zipf_exponent: Sweepable[NonNegFloat] = 0.5
+    p_min: Sweepable[Fraction] = 5e-4
+    p_max: Sweepable[Fraction] = 0.4
+    n_roots: Sweepable[NonNegInt] = 0
+    branching: Sweepable[PosInt] = 2
+    depth: Sweepable[NonNegInt] = 1
+    correlation_rank: Sweepable[NonNegInt] = 8
+    correlation_scale: Sweepable[NonNegFloat] = 1.0
+    magnitude_mean: Sweepable[NonNegFloat] = 1.0
+    magnitude_std: Sweepable[NonNegFloat] = 0.5
+    orthogonalize_steps: Sweepable[NonNegInt] = 0
+    noise_std: Sweepable[NonNegFloat] = 0.0
+
+
+Source = Union[ToySource, LMSource, SynthSource]
+SOURCE_KINDS: dict[str, type] = {"toy": ToySource, "lm": LMSource, "synth": SynthSource}
 
 
 # ---------------------------------------------------------------- SAE sweep
@@ -337,5 +369,5 @@ class Spec:
     sae: SAESpec
     eval: EvalSpec = EvalSpec()
     run: RunSpec = RunSpec()
-    analyses: tuple[Analysis, ...] = ALL_ANALYSES
+    analyses: tuple[Analysis, ...] = DEFAULT_ANALYSES
     zip: tuple[tuple[str, ...], ...] = ()

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from engine.sources.base import Cost, PreparedSource, SourceKind
 from engine.sources.lm import LMKind
+from engine.sources.synth import SynthKind
 from engine.sources.toy import ToyKind
 
-KINDS: dict[str, type[SourceKind]] = {k.kind: k for k in (ToyKind, LMKind)}
+KINDS: dict[str, type[SourceKind]] = {k.kind: k for k in (ToyKind, LMKind, SynthKind)}
 
 
 def get(kind: str) -> type[SourceKind]:

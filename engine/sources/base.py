@@ -16,6 +16,8 @@ class PreparedSource(Protocol):
     plan: Any  # engine.plan.SourcePlan
     eval_x: torch.Tensor  # [N, d] the fixed evaluation set
     truth: torch.Tensor | None  # [n_features, d] planted features, where known
+    # eval_codes: torch.Tensor  [N, n_features] the evaluation set's true codes: kinds with
+    # planted truth only (absent elsewhere; read it with getattr(src, "eval_codes", None))
     corpus: Any  # the loaded corpus, for sources that have one (else None)
 
     def batches(self, batch: int) -> Callable[[int], torch.Tensor]:

@@ -49,11 +49,14 @@ class ToySourceData:
         )
         self.truth = self.data.features
         g = torch_generator(seed, "toy_eval", plan.key, eval_samples)
-        chunks, left = [], eval_samples
+        chunks, codes, left = [], [], eval_samples
         while left > 0:
-            chunks.append(self.data.sample(EVAL_CHUNK, g)[0][: min(left, EVAL_CHUNK)])
+            x, c = self.data.sample(EVAL_CHUNK, g)
+            chunks.append(x[: min(left, EVAL_CHUNK)])
+            codes.append(c[: min(left, EVAL_CHUNK)])
             left -= EVAL_CHUNK
         self.eval_x = torch.cat(chunks)
+        self.eval_codes = torch.cat(codes)  # [N, n_features] the evaluation set's true codes
 
     def batches(self, batch: int) -> Callable[[int], torch.Tensor]:
         g = torch_generator(self.seed, "toy_data", self.plan.key, batch)

@@ -49,3 +49,12 @@ def test_saelens_benchmark_runs_or_names_the_missing_dependency():
     else:
         assert r.returncode == 0, r.stderr
         assert "steps/s" in r.stdout and "MMCS" in r.stdout
+
+
+def test_roofline_times_every_kind():
+    from sae import base as sae_kinds
+
+    r = run("roofline.py", "--kinds")
+    assert r.returncode == 0, r.stderr
+    for name in sae_kinds.kinds():
+        assert f"kind {name} " in r.stdout, (name, r.stdout)

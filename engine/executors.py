@@ -69,6 +69,29 @@ class GroupResult:
 
 _SOURCES: dict[tuple, object] = {}  # prepared sources of this (worker) process
 
+# ---- test hook (for tests/test_faults.py; unset in normal use, costs nothing then) ----------
+# SAE_TEST_HOLD_AFTER_CELLS=<n>:<marker>: once this process has stored its n-th cell, create
+# the file <marker> and block (the group's locks still held) until the test deletes it or
+# signals the run. "A cell is finished and the run is still going" is then a state the test
+# waits for, instead of a race against a sleep.
+HOLD_ENV = "SAE_TEST_HOLD_AFTER_CELLS"
+_stored_here = 0
+
+
+def _test_hold_after_store() -> None:
+    global _stored_here
+    spec = os.environ.get(HOLD_ENV)
+    if not spec:
+        return
+    _stored_here += 1
+    n, _, marker = spec.partition(":")
+    if _stored_here != int(n):
+        return
+    Path(marker).touch()
+    end = time.monotonic() + 600  # never hang forever if the test is gone
+    while os.path.exists(marker) and time.monotonic() < end:
+        time.sleep(0.02)  # SIGINT lands here as KeyboardInterrupt (in-process), SIGKILL anywhere
+
 
 def _source_for(plan: Plan, results: Path, cell: Cell):
     from engine import runner
@@ -122,6 +145,7 @@ def run_group(plan: Plan, results: Path, keys: list[str], code: dict, wait: bool
                     for cell, cell_files in zip(done, files):
                         store.put(cell.key, cell_files, code)
                         out.trained.append(cell.key)
+                        _test_hold_after_store()
                     out.failures += [(f.cell_id, f.reason) for f in failed]
             finally:
                 for lock in held.values():

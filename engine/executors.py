@@ -32,7 +32,7 @@ import attrs
 
 from engine import locks
 from engine.cellstore import cell_store
-from engine.errors import CellFailure, UserError
+from engine.errors import CellFailure, UserError, shown, shown_path
 from engine.plan import Cell, Plan
 
 
@@ -141,7 +141,7 @@ def run_group(plan: Plan, results: Path, keys: list[str], code: dict, wait: bool
                     except OSError:
                         raise
                     except Exception as e:  # noqa: BLE001 - a cell's crash is reported, not a traceback
-                        done, files, failed = [], [], [CellFailure(c.id, f"{type(e).__name__}: {e}") for c in mine]
+                        done, files, failed = [], [], [CellFailure(c.id, f"{type(e).__name__}: {shown(str(e), 200, quote=False)}") for c in mine]
                     for cell, cell_files in zip(done, files):
                         store.put(cell.key, cell_files, code)
                         out.trained.append(cell.key)
@@ -165,7 +165,7 @@ def run_group(plan: Plan, results: Path, keys: list[str], code: dict, wait: bool
 
 
 def storage_message(e: OSError, results: Path) -> str:
-    where = e.filename or results
+    where = shown_path(e.filename or results)
     return f"{where}: cannot write results ({e.strerror or e}); free some space or choose a writable --results directory"
 
 
@@ -230,7 +230,7 @@ class Pool:
             try:
                 yield group, f.result()
             except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OS
-                yield group, _failed(group, f"worker process failed ({type(e).__name__}: {e})")
+                yield group, _failed(group, f"worker process failed ({type(e).__name__}: {shown(str(e), 200, quote=False)})")
 
     def close(self, interrupted: bool) -> None:
         if interrupted:  # stop now: finished cells are in the store, the rest is redone on rerun
@@ -270,8 +270,8 @@ class RayExecutor:
                 else:
                     ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
             except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ... from ray.init
-                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                raise ExecutorError(f"--executor ray: cannot connect to {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                where = f"the Ray cluster at {shown(address, quote=False)}" if address else "a local Ray instance"
+                raise ExecutorError(f"--executor ray: cannot connect to {where}: {type(e).__name__}: {shown(str(e).splitlines()[0], 200, quote=False) if str(e) else ''}") from None
             self.owned = True
         self.results = str(Path(results).resolve())
         self.code = code
@@ -291,7 +291,7 @@ class RayExecutor:
                     yield group, ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - a task or its worker died
                     first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-                    yield group, _failed(group, f"Ray task failed ({type(e).__name__}: {first})")
+                    yield group, _failed(group, f"Ray task failed ({type(e).__name__}: {shown(first, 200, quote=False)})")
 
     def close(self, interrupted: bool) -> None:
         if interrupted:

@@ -19,7 +19,7 @@ from engine import analyses, executors, provenance, report
 from engine import tensors as tensors_io
 from engine.bundle import BundleWriter, verify
 from engine.cellstore import KeyedStore, cell_store
-from engine.errors import BundleError, CellFailure
+from engine.errors import BundleError, CellFailure, shown, shown_path
 from engine.executors import (
     STORAGE_ERRNOS,
     ExecutorOptions,
@@ -180,14 +180,14 @@ def _cached(final: Path, code: dict) -> Outcome | None:
     v = verify(final)
     if not v.ok:
         raise BundleError(
-            f"{final}: exists but fails verification ({len(v.changed)} changed, {len(v.missing)} missing, "
-            f"{len(v.extra)} extra files); run `sae-run --verify {final}` for details, or --rerun to replace it"
+            f"{shown_path(final)}: exists but fails verification ({len(v.changed)} changed, {len(v.missing)} missing, "
+            f"{len(v.extra)} extra files); run `sae-run --verify {shown_path(final)}` for details, or --rerun to replace it"
         )
     notes = []
     made_by = v.meta.get("code", {}).get("fingerprint")
     if made_by != code["fingerprint"]:
         notes.append(
-            f"note: this bundle was made by other code (fingerprint {str(made_by)[:12]}, now {code['fingerprint'][:12]}); "
+            f"note: this bundle was made by other code (fingerprint {shown(str(made_by)[:12], quote=False)}, now {code['fingerprint'][:12]}); "
             "pass --rerun to recompute it with this code"
         )
     return Outcome(final, "cached", v.meta, tuple(notes))

@@ -51,7 +51,7 @@ def parse_override(text: str) -> tuple[Override | None, Problem | None]:
         value, _ = yamlio.load(value_text, where)
     except yaml.YAMLError as e:
         p = yamlio.yaml_problem(e, where)
-        return None, attrs.evolve(p, path=key.strip(), line=None, col=None)
+        return None, attrs.evolve(p, path=format_path(path), line=None, col=None)
     return Override(path, value, where), None
 
 

@@ -141,12 +141,13 @@ class Positions:
 
 def format_path(path: Path) -> str:
     """``('sae', 'l1', 2)`` -> ``sae.l1[2]``; a key that is not a plain word is quoted
-    (``sources['a b']``), so a path stays on one line whatever the keys hold."""
+    (``sources['a b']``) and a long one shortened (``engine.errors.shown``), so a path stays on
+    one short line whatever the keys hold."""
     out = ""
     for p in path:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", str(p)):
+        elif re.fullmatch(r"[A-Za-z0-9_-]{1,80}", str(p)):
             out += ("." if out else "") + str(p)
         else:
             out += f"[{shown(str(p))}]"

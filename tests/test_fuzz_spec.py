@@ -192,6 +192,18 @@ def test_raw_override_texts(sets, raw):
     outcome(yaml.dump(VALID, Dumper=StrictDumper), overrides)
 
 
+@given(st.text() | nasty | st.integers() | st.binary(max_size=40), st.integers(10, 200), st.booleans())
+@example("\n", 80, True)
+def test_shown_is_one_short_line(value, limit, quote):
+    from engine.errors import shown
+
+    out = shown(value, limit, quote)
+    assert out.isprintable()
+    assert len(out) <= limit + len(" (99999 chars)") + 2, out
+    if isinstance(value, str) and value.isprintable() and len(repr(value)) <= limit:
+        assert out == (repr(value) if quote else value)  # what was shown before, unchanged
+
+
 # ------------------------------------------------------------------ through sae-run
 
 

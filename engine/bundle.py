@@ -29,7 +29,7 @@ from pathlib import Path
 
 import attrs
 
-from engine.errors import BundleError
+from engine.errors import BundleError, shown, shown_path
 from engine.hashing import DIGEST_VERSION, sha256_file, stable_json, tagged_hash
 
 BUNDLE_SCHEMA = 1
@@ -141,9 +141,10 @@ class Verification:
         return not (self.changed or self.missing or self.extra)
 
     def lines(self) -> list[str]:
-        out = [f"{self.path}: changed file {p} (sha256 differs from bundle.json)" for p in self.changed]
-        out += [f"{self.path}: missing file {p}" for p in self.missing]
-        out += [f"{self.path}: extra file {p} (not listed in bundle.json)" for p in self.extra]
+        where = shown_path(self.path)
+        out = [f"{where}: changed file {shown_path(p)} (sha256 differs from bundle.json)" for p in self.changed]
+        out += [f"{where}: missing file {shown_path(p)}" for p in self.missing]
+        out += [f"{where}: extra file {shown_path(p)} (not listed in bundle.json)" for p in self.extra]
         return out
 
 
@@ -151,33 +152,33 @@ def read_meta(path: Path) -> dict:
     """bundle.json of a bundle, checked for shape and schema. Raises BundleError."""
     path = Path(path)
     if not path.exists():
-        raise BundleError(f"{path}: no such bundle")
+        raise BundleError(f"{shown_path(path)}: no such bundle")
     if not path.is_dir():
-        raise BundleError(f"{path}: not a bundle (not a directory)")
+        raise BundleError(f"{shown_path(path)}: not a bundle (not a directory)")
     meta_path = path / META_FILE
     if not meta_path.is_file():
-        raise BundleError(f"{path}: not a bundle (no {META_FILE})")
+        raise BundleError(f"{shown_path(path)}: not a bundle (no {META_FILE})")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{meta_path}: corrupt ({e.__class__.__name__}: {e})") from None
+        raise BundleError(f"{shown_path(meta_path)}: corrupt ({e.__class__.__name__}: {shown(str(e), 200, quote=False)})") from None
     if not isinstance(meta, dict):
-        raise BundleError(f"{meta_path}: corrupt (expected a JSON object)")
+        raise BundleError(f"{shown_path(meta_path)}: corrupt (expected a JSON object)")
     schema = meta.get("schema")
     if type(schema) is not int:
-        raise BundleError(f"{meta_path}: corrupt (no integer 'schema')")
+        raise BundleError(f"{shown_path(meta_path)}: corrupt (no integer 'schema')")
     if schema > BUNDLE_SCHEMA:
-        raise BundleError(f"{meta_path}: bundle schema {schema} is newer than this version understands ({BUNDLE_SCHEMA}); upgrade sae-repro")
+        raise BundleError(f"{shown_path(meta_path)}: bundle schema {schema} is newer than this version understands ({BUNDLE_SCHEMA}); upgrade sae-repro")
     if schema < 1:
-        raise BundleError(f"{meta_path}: unknown bundle schema {schema}")
+        raise BundleError(f"{shown_path(meta_path)}: unknown bundle schema {schema}")
     files = meta.get("files")
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise BundleError(f"{meta_path}: corrupt ('files' must map paths to sha256 digests)")
+        raise BundleError(f"{shown_path(meta_path)}: corrupt ('files' must map paths to sha256 digests)")
     for key in ("spec_hash", "content_digest"):
         if not isinstance(meta.get(key), str):
-            raise BundleError(f"{meta_path}: corrupt (no '{key}')")
+            raise BundleError(f"{shown_path(meta_path)}: corrupt (no '{key}')")
     if meta["content_digest"] != content_digest(files):
-        raise BundleError(f"{meta_path}: corrupt (content_digest does not match its file list)")
+        raise BundleError(f"{shown_path(meta_path)}: corrupt (content_digest does not match its file list)")
     return meta
 
 
@@ -190,7 +191,7 @@ def verify(path: Path) -> Verification:
     for rel, digest in sorted(files.items()):
         p = path / rel
         if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise BundleError(f"{path / META_FILE}: corrupt (file path {rel!r} leaves the bundle)")
+            raise BundleError(f"{shown_path(path / META_FILE)}: corrupt (file path {shown(rel)} leaves the bundle)")
         if not p.is_file():
             missing.append(rel)
         elif sha256_file(p) != digest:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from engine import layout, metric_defs
-from engine.errors import UserError
+from engine.errors import UserError, one_line, shown_path
 from engine.plan import sparsity_of
 
 EXIT_INTERRUPTED = 130
@@ -87,9 +87,9 @@ def _writable_dir(results: Path) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"{results}: cannot create the results directory ({probe} is not a directory)")
+        raise UserError(f"{shown_path(results)}: cannot create the results directory ({shown_path(probe)} is not a directory)")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{results}: cannot write the results directory ({probe} is not writable)")
+        raise UserError(f"{shown_path(results)}: cannot write the results directory ({shown_path(probe)} is not writable)")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,7 +139,7 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
                 click.echo(line)
             click.echo(budget.estimate(plan).line())
             return
-        budget.check(plan, force, where=str(spec))
+        budget.check(plan, force, where=shown_path(spec))
         _writable_dir(results)
         from engine import runner
         from engine.executors import ExecutorOptions
@@ -152,7 +152,7 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
         except runner.RunFailed as e:
             progress.close()
             for f in e.failures:
-                click.echo(f"error: {f}", err=True)
+                click.echo(one_line(f"error: {f}"), err=True)
             click.echo("finished cells are kept; rerun the same command to retry only the failed cells", err=True)
             sys.exit(1)
         finally:
@@ -163,7 +163,7 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
         click.echo("interrupted: finished cells are kept; rerun the same command to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except OSError as e:  # any other refusal of the file system (e.g. --results under /proc): one line
-        click.echo(f"{e.filename or results}: cannot write results ({e.strerror or e}); choose a writable --results directory", err=True)
+        click.echo(f"{shown_path(e.filename or results)}: cannot write results ({e.strerror or e}); choose a writable --results directory", err=True)
         sys.exit(2)
     for note in outcome.notes:
         click.echo(note, err=True)

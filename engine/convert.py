@@ -24,6 +24,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from engine import schema
+from engine.errors import shown
 from engine.sweep import Values, is_sweep, parse_generator
 
 MAX_INT = 2**63 - 1  # what torch and numpy hold (int64)
@@ -43,8 +44,8 @@ def _describe(v: Any) -> str:
     if isinstance(v, bool):
         return f"{'true' if v else 'false'} (a boolean)"
     if isinstance(v, str):
-        return f"{v!r} (a string)"
-    return repr(v)
+        return f"{shown(v)} (a string)"
+    return shown(v)
 
 
 def _suggest(word: str, choices) -> str:
@@ -57,7 +58,7 @@ def _int(v, _):
         hint = f" (write {int(v)})" if type(v) is float and v.is_integer() and abs(v) < 1e18 else ""
         raise Invalid(f"expected an integer, got {_describe(v)}{hint}")
     if abs(v) > MAX_INT:
-        raise Invalid(f"integer {v} is out of range (at most {MAX_INT} in magnitude)")
+        raise Invalid(f"integer {shown(v)} is out of range (at most {MAX_INT} in magnitude)")
     return v
 
 
@@ -89,9 +90,9 @@ def _literal_hook(t):
     def hook(v, _):
         if type(v) is str and v in choices:
             return v
-        shown = ", ".join(repr(c) for c in choices)
+        listed = ", ".join(repr(c) for c in choices)
         got = _describe(v)
-        raise Invalid(f"expected one of {shown}, got {got}" + (_suggest(v, choices) if isinstance(v, str) else ""))
+        raise Invalid(f"expected one of {listed}, got {got}" + (_suggest(v, choices) if isinstance(v, str) else ""))
 
     return hook
 
@@ -187,7 +188,7 @@ def _tagged_hook(conv: cattrs.Converter, kinds: dict[str, type], what: str, defa
             raise Invalid(f"missing 'kind' (one of {', '.join(map(repr, kinds))})")
         if kind not in kinds:
             e = Invalid(
-                f"unknown {what} kind {kind!r}, expected one of {', '.join(map(repr, kinds))}"
+                f"unknown {what} kind {shown(kind)}, expected one of {', '.join(map(repr, kinds))}"
                 + (_suggest(kind, kinds) if isinstance(kind, str) else "")
             )
             e.subpath = ("kind",)
@@ -313,7 +314,7 @@ def flatten_errors(exc: BaseException, path: tuple = ()) -> list[tuple[tuple, st
             if isinstance(sub, ForbiddenExtraKeysError):
                 for key in sorted(sub.extra_fields, key=str):
                     candidates = [n for n in names if n not in extra_keys]
-                    out.append((path + (key,), f"unknown key {key!r}" + _suggest(key, candidates), True))
+                    out.append((path + (key,), f"unknown key {shown(key)}" + _suggest(key, candidates), True))
                 continue
             if isinstance(sub, KeyError) and steps:
                 key = steps[0]
@@ -331,10 +332,10 @@ def flatten_errors(exc: BaseException, path: tuple = ()) -> list[tuple[tuple, st
     if isinstance(exc, ForbiddenExtraKeysError):
         names = _field_names(exc.cl)
         for key in sorted(exc.extra_fields, key=str):
-            out.append((path + (key,), f"unknown key {key!r}" + _suggest(key, names), True))
+            out.append((path + (key,), f"unknown key {shown(key)}" + _suggest(key, names), True))
         return out
     # the enclosing group already turned this leaf's notes into path steps
-    message = str(exc) if isinstance(exc, Invalid) else f"invalid value: {exc}"
+    message = str(exc) if isinstance(exc, Invalid) else f"invalid value: {shown(str(exc), 200, quote=False)}"
     out.append((path + getattr(exc, "subpath", ()), message, False))
     return out
 

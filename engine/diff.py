@@ -29,7 +29,7 @@ from engine import layout, metric_defs
 from engine import tensors as tensors_io
 from engine import yamlio
 from engine.bundle import verify
-from engine.errors import BundleError
+from engine.errors import BundleError, one_line, shown, shown_path
 from engine.hashing import canonical_json
 from sae.metrics import max_cosine
 
@@ -93,23 +93,23 @@ def load(path: Path) -> Loaded:
     try:
         spec, _ = yamlio.load((path / "spec.yaml").read_text(encoding="utf-8"), str(path / "spec.yaml"))
     except yamlio.yaml.YAMLError as e:
-        raise BundleError(f"{yamlio.yaml_problem(e, str(path / 'spec.yaml'))} (a corrupt bundle)") from None
+        raise BundleError(f"{yamlio.yaml_problem(e, shown_path(path / 'spec.yaml'))} (a corrupt bundle)") from None
     except (OSError, ValueError) as e:
-        raise BundleError(f"{path / 'spec.yaml'}: corrupt ({e.__class__.__name__}: {_first_line(e)})") from None
+        raise BundleError(f"{shown_path(path / 'spec.yaml')}: corrupt ({e.__class__.__name__}: {_first_line(e)})") from None
     try:
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise BundleError(f"{path / 'metrics.json'}: corrupt ({e.__class__.__name__}: {_first_line(e)})") from None
+        raise BundleError(f"{shown_path(path / 'metrics.json')}: corrupt ({e.__class__.__name__}: {_first_line(e)})") from None
     if not isinstance(spec, dict):
-        raise BundleError(f"{path / 'spec.yaml'}: corrupt (expected a mapping, got {type(spec).__name__})")
+        raise BundleError(f"{shown_path(path / 'spec.yaml')}: corrupt (expected a mapping, got {type(spec).__name__})")
     problem = _metrics_problem(metrics)
     if problem:
-        raise BundleError(f"{path / 'metrics.json'}: corrupt ({problem})")
+        raise BundleError(f"{shown_path(path / 'metrics.json')}: corrupt ({problem})")
     return Loaded(path, v.meta, spec, metrics)
 
 
 def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [""])[0]
+    return shown((str(e).splitlines() or [""])[0], 200, quote=False)
 
 
 def _metrics_problem(metrics) -> str | None:
@@ -121,9 +121,9 @@ def _metrics_problem(metrics) -> str | None:
         return "no 'cells' object"
     for cid, cell in cells.items():
         if not (isinstance(cell, dict) and isinstance(cell.get("source"), str) and isinstance(cell.get("sae"), dict) and isinstance(cell.get("metrics"), dict)):
-            return f"cells.{cid} needs 'source', 'sae' and 'metrics'"
+            return f"cells.{shown(cid, quote=False)} needs 'source', 'sae' and 'metrics'"
         if not _safe_path_part(cid):
-            return f"cell id {cid!r} is not a plain name"
+            return f"cell id {shown(cid)} is not a plain name"
     for key in ("sources", "analyses"):
         if not isinstance(metrics.get(key, {}), dict) or not all(isinstance(v, dict) for v in metrics.get(key, {}).values()):
             return f"'{key}' must map names to objects"
@@ -252,8 +252,8 @@ def compare(a: Loaded, b: Loaded, tol: Tolerances = Tolerances()) -> dict:
 
 def _fmt(v) -> str:
     if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True)
-    return metric_defs.fmt(v, digits=6)
+        return one_line(json.dumps(v, sort_keys=True))
+    return one_line(metric_defs.fmt(v, digits=6))  # a bundle's strings may hold anything
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -294,25 +294,25 @@ def render(doc: dict, show_all: bool = False) -> list[str]:
         items = doc[section]
         if items:
             out.append(f"\n{section} ({len(items)} difference{'s' if len(items) != 1 else ''})")
-            out += [f"  {d['path']}: {_fmt(d['a'])} -> {_fmt(d['b'])}" for d in items]
+            out += [f"  {one_line(d['path'])}: {_fmt(d['a'])} -> {_fmt(d['b'])}" for d in items]
     cells = doc["cells"]
     if cells["only_a"] or cells["only_b"] or show_all:
         out.append(f"\ncells: {len(matched)} matched, {len(cells['only_a'])} only in A, {len(cells['only_b'])} only in B")
-        out += [f"  only in A: {c}" for c in cells["only_a"]]
-        out += [f"  only in B: {c}" for c in cells["only_b"]]
+        out += [f"  only in A: {one_line(c)}" for c in cells["only_a"]]
+        out += [f"  only in B: {one_line(c)}" for c in cells["only_b"]]
     rows = [["cell", "metric", "A", "B", "abs", "rel", ""]]
     values = [(c["a"], m) for c in matched for m in c["metrics"]] + [("", m) for m in doc["sources"] + doc["analyses"]]
     moved = sum(1 for _, m in values if m["a"] != m["b"])
     for cell, m in values:
         if show_all or not m["within"]:
-            rows.append([cell, m["name"], _fmt(m["a"]), _fmt(m["b"]), _fmt(m["abs"]), _fmt(m["rel"]), "ok" if m["within"] else "DIFFERS"])
+            rows.append([one_line(cell), one_line(m["name"]), _fmt(m["a"]), _fmt(m["b"]), _fmt(m["abs"]), _fmt(m["rel"]), "ok" if m["within"] else "DIFFERS"])
     beyond = sum(1 for _, m in values if not m["within"])
     if values:
         line = f"\nmetrics: {len(values)} compared, {moved} moved, {beyond} beyond tolerance"
         finite = [(cell, m) for cell, m in values if m["rel"] is not None and m["rel"] != math.inf and m["a"] != m["b"]]
         if finite:
             cell, m = max(finite, key=lambda cm: cm[1]["rel"])
-            line += f"; largest relative change {m['rel']:.2g} ({cell + ' ' if cell else ''}{m['name']})"
+            line += f"; largest relative change {m['rel']:.2g} ({one_line(cell) + ' ' if cell else ''}{one_line(m['name'])})"
         out.append(line)
     if len(rows) > 1:
         out += _table(rows)
@@ -320,7 +320,7 @@ def render(doc: dict, show_all: bool = False) -> list[str]:
     for c in matched:
         d = c["dictionary"]
         if show_all or not d.get("identical_bytes"):
-            rows.append([c["a"], f"{d['m_a']}", _fmt(d["mmcs_ab"]), _fmt(d["mmcs_ba"]), f"{d['same_atoms']}/{d['m_a']}", "ok" if d["within"] else "DIFFERS"])
+            rows.append([one_line(c["a"]), f"{d['m_a']}", _fmt(d["mmcs_ab"]), _fmt(d["mmcs_ba"]), f"{d['same_atoms']}/{d['m_a']}", "ok" if d["within"] else "DIFFERS"])
     if len(rows) > 1:
         out.append("\ndictionaries (max cosine of each atom with the other bundle's atoms, averaged)")
         out += _table(rows)

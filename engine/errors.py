@@ -1,8 +1,56 @@
-"""User-facing errors: each carries one-line messages, printed without a traceback."""
+"""User-facing errors: each carries one-line messages, printed without a traceback.
+
+Whatever the user supplied (a spec value or key, a ``--set`` text, a file name, a field of a
+bundle) goes into a message through ``shown``, which keeps it on one line and short.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
+
+SHOWN_LIMIT = 80  # characters of a value in a message
+PATH_LIMIT = 240  # file names: longer, a deep path is still worth reading whole
+
+
+def _bare(text: str) -> str:
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def shown(value: Any, limit: int | None = SHOWN_LIMIT, quote: bool = True) -> str:
+    """``value`` rendered for a one-line message.
+
+    A string is shown as ``repr`` shows it (``quote=False``: without the quotes and with
+    backslashes as they are, for file names and ``--set`` texts): newlines, tabs, control and
+    other non-printable characters escaped (``\\n``, ``\\t``, ``\\x1b``; the surrogate
+    standing for an undecodable byte of a file name as ``\\udcff``). Anything else is its
+    ``repr``. Longer than ``limit`` characters (None: never cut), the middle is cut to an
+    ellipsis and the full length follows: ``'aaaa…zz' (300 chars)``."""
+    quoted = quote and isinstance(value, str)
+    text = value if isinstance(value, str) else repr(value)
+    render = repr if quoted else _bare
+    out = render(text)
+    if limit is None or len(out) <= limit:
+        return out
+    keep = len(text)
+    while len(out) > limit and keep > 2:
+        keep = max(2, min(keep - 1, keep * limit // len(out)))
+        front = keep * 2 // 3
+        out = render(text[:front] + "\u2026" + text[len(text) - (keep - front) :])
+    return f"{out} ({len(text)} chars)"
+
+
+def shown_path(path) -> str:
+    """A file name (a path, a ``--results`` directory) for a message: ``shown`` unquoted, with
+    a longer limit."""
+    return shown(str(path), PATH_LIMIT, quote=False)
+
+
+def one_line(text: str) -> str:
+    """Defence in depth for a finished message: any character that would break the line
+    (or the terminal) escaped; nothing cut. The real fix is ``shown`` at the source."""
+    return text if text.isprintable() else shown(text, limit=None, quote=False)
 
 
 @attrs.frozen
@@ -19,7 +67,7 @@ class Problem:
         where = self.file
         if self.line is not None:
             where += f":{self.line}:{self.col}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return one_line(f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}")
 
 
 class UserError(Exception):
@@ -28,7 +76,7 @@ class UserError(Exception):
     exit_code = 2
 
     def lines(self) -> list[str]:
-        return [str(self)]
+        return [one_line(str(self))]
 
 
 class SpecError(UserError):

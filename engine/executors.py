@@ -33,7 +33,7 @@ import attrs
 from engine import locks, sources
 from engine.cellstore import cell_store
 from engine.determinism import configure_torch
-from engine.errors import CellFailure, UserError
+from engine.errors import CellFailure, UserError, shown, shown_path
 from engine.plan import Cell, Plan
 from engine.train_cells import train_group
 
@@ -70,6 +70,29 @@ class GroupResult:
 
 
 _SOURCES: dict[tuple, object] = {}  # prepared sources of this (worker) process
+
+# ---- test hook (for tests/test_faults.py; unset in normal use, costs nothing then) ----------
+# SAE_TEST_HOLD_AFTER_CELLS=<n>:<marker>: once this process has stored its n-th cell, create
+# the file <marker> and block (the group's locks still held) until the test deletes it or
+# signals the run. "A cell is finished and the run is still going" is then a state the test
+# waits for, instead of a race against a sleep.
+HOLD_ENV = "SAE_TEST_HOLD_AFTER_CELLS"
+_stored_here = 0
+
+
+def _test_hold_after_store() -> None:
+    global _stored_here
+    spec = os.environ.get(HOLD_ENV)
+    if not spec:
+        return
+    _stored_here += 1
+    n, _, marker = spec.partition(":")
+    if _stored_here != int(n):
+        return
+    Path(marker).touch()
+    end = time.monotonic() + 600  # never hang forever if the test is gone
+    while os.path.exists(marker) and time.monotonic() < end:
+        time.sleep(0.02)  # SIGINT lands here as KeyboardInterrupt (in-process), SIGKILL anywhere
 
 
 def _source_for(plan: Plan, results: Path, cell: Cell):
@@ -117,10 +140,11 @@ def run_group(plan: Plan, results: Path, keys: list[str], code: dict, wait: bool
                     except OSError:
                         raise
                     except Exception as e:  # noqa: BLE001 - a cell's crash is reported, not a traceback
-                        done, files, failed = [], [], [CellFailure(c.id, f"{type(e).__name__}: {e}") for c in mine]
+                        done, files, failed = [], [], [CellFailure(c.id, f"{type(e).__name__}: {shown(str(e), 200, quote=False)}") for c in mine]
                     for cell, cell_files in zip(done, files):
                         store.put(cell.key, cell_files, code)
                         out.trained.append(cell.key)
+                        _test_hold_after_store()
                     out.failures += [(f.cell_id, f.reason) for f in failed]
             finally:
                 for lock in held.values():
@@ -140,7 +164,7 @@ def run_group(plan: Plan, results: Path, keys: list[str], code: dict, wait: bool
 
 
 def storage_message(e: OSError, results: Path) -> str:
-    where = e.filename or results
+    where = shown_path(e.filename or results)
     return f"{where}: cannot write results ({e.strerror or e}); free some space or choose a writable --results directory"
 
 
@@ -203,7 +227,7 @@ class Pool:
             try:
                 yield group, f.result()
             except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OS
-                yield group, _failed(group, f"worker process failed ({type(e).__name__}: {e})")
+                yield group, _failed(group, f"worker process failed ({type(e).__name__}: {shown(str(e), 200, quote=False)})")
 
     def close(self, interrupted: bool) -> None:
         if interrupted:  # stop now: finished cells are in the store, the rest is redone on rerun
@@ -241,8 +265,8 @@ class RayExecutor:
                 else:
                     ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
             except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ... from ray.init
-                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                raise ExecutorError(f"--executor ray: cannot connect to {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                where = f"the Ray cluster at {shown(address, quote=False)}" if address else "a local Ray instance"
+                raise ExecutorError(f"--executor ray: cannot connect to {where}: {type(e).__name__}: {shown(str(e).splitlines()[0], 200, quote=False) if str(e) else ''}") from None
             self.owned = True
         self.results = str(Path(results).resolve())
         self.code = code
@@ -262,7 +286,7 @@ class RayExecutor:
                     yield group, ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - a task or its worker died
                     first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-                    yield group, _failed(group, f"Ray task failed ({type(e).__name__}: {first})")
+                    yield group, _failed(group, f"Ray task failed ({type(e).__name__}: {shown(first, 200, quote=False)})")
 
     def close(self, interrupted: bool) -> None:
         if interrupted:

@@ -32,7 +32,7 @@ from engine import sources as source_kinds
 from engine.plan import sparsity_of
 from sae import base as sae_kinds
 from engine.bundle import META_FILE, fsync_dir, read_meta, verify
-from engine.errors import BundleError
+from engine.errors import BundleError, shown, shown_path
 from engine.hashing import canonical_json, sha256_file, stable_json
 
 REPORT_DIR = layout.REPORT_DIR
@@ -253,12 +253,12 @@ def load_corpora(bundle: Path, plan, metrics: dict) -> dict:
         try:
             corpus = kind.load_corpus(sp.config, bundle.parent / ".cache" / "corpus")
         except CorpusError as e:
-            raise BundleError(f"{bundle}: cannot rebuild the feature analysis of source {sp.name!r}: {e}") from None
+            raise BundleError(f"{shown_path(bundle)}: cannot rebuild the feature analysis of source {sp.name!r}: {e}") from None
         recorded = metrics.sources.get(sp.name, {}).get("corpus_hash")
         if corpus.content_hash != recorded:
             raise BundleError(
-                f"{bundle}: the corpus of source {sp.name!r} rebuilt here has hash {corpus.content_hash[:12]}, "
-                f"the bundle recorded {str(recorded)[:12]}: the report cannot be rebuilt from other text"
+                f"{shown_path(bundle)}: the corpus of source {sp.name!r} rebuilt here has hash {corpus.content_hash[:12]}, "
+                f"the bundle recorded {shown(str(recorded)[:12], quote=False)}: the report cannot be rebuilt from other text"
             )
         out[sp.name] = corpus
     return out
@@ -279,11 +279,11 @@ def rebuild(bundle: Path, log: Callable[[str], None] = lambda s: None) -> dict:
     v = verify(bundle)
     outside = [p for p in v.changed + v.missing + v.extra if not p.startswith(REPORT_DIR + "/")]
     if outside:
-        raise BundleError(f"{bundle}: fails verification ({len(outside)} files changed, missing or extra outside report/, e.g. {outside[0]}); run `sae-run --verify {bundle}` for details")
+        raise BundleError(f"{shown_path(bundle)}: fails verification ({len(outside)} files changed, missing or extra outside report/, e.g. {shown_path(outside[0])}); run `sae-run --verify {shown_path(bundle)}` for details")
     meta = v.meta
     plan = make_plan(load_spec(bundle / layout.SPEC_FILE))
     if plan.spec_hash != meta["spec_hash"]:
-        raise BundleError(f"{bundle}: spec.yaml hashes to {plan.spec_hash[:12]}, bundle.json says {meta['spec_hash'][:12]} (made by another version?)")
+        raise BundleError(f"{shown_path(bundle)}: spec.yaml hashes to {plan.spec_hash[:12]}, bundle.json says {shown(meta['spec_hash'][:12], quote=False)} (made by another version?)")
     metrics = layout.read_metrics(bundle)
     configure_torch(plan.spec.run.threads)
     files = build(bundle, plan, metrics, load_corpora(bundle, plan, metrics), log)
@@ -323,7 +323,7 @@ def rebuild(bundle: Path, log: Callable[[str], None] = lambda s: None) -> dict:
         shutil.rmtree(new, ignore_errors=True)
         meta_tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise BundleError(f"{bundle}: cannot write the new report ({e.strerror or e}); the old one is kept") from None
+            raise BundleError(f"{shown_path(bundle)}: cannot write the new report ({e.strerror or e}); the old one is kept") from None
         raise
     shutil.rmtree(old, ignore_errors=True)
     read_meta(bundle)

@@ -13,7 +13,7 @@ from engine.assemble import write_bundle
 from engine.bundle import verify
 from engine.cellstore import cell_store
 from engine.determinism import configure_torch
-from engine.errors import BundleError, CellFailure
+from engine.errors import BundleError, CellFailure, shown, shown_path
 from engine.executors import (
     STORAGE_ERRNOS,
     ExecutorOptions,
@@ -149,14 +149,14 @@ def _cached(final: Path, code: dict) -> Outcome | None:
     v = verify(final)
     if not v.ok:
         raise BundleError(
-            f"{final}: exists but fails verification ({len(v.changed)} changed, {len(v.missing)} missing, "
-            f"{len(v.extra)} extra files); run `sae-run --verify {final}` for details, or --rerun to replace it"
+            f"{shown_path(final)}: exists but fails verification ({len(v.changed)} changed, {len(v.missing)} missing, "
+            f"{len(v.extra)} extra files); run `sae-run --verify {shown_path(final)}` for details, or --rerun to replace it"
         )
     notes = []
     made_by = v.meta.get("code", {}).get("fingerprint")
     if made_by != code["fingerprint"]:
         notes.append(
-            f"note: this bundle was made by other code (fingerprint {str(made_by)[:12]}, now {code['fingerprint'][:12]}); "
+            f"note: this bundle was made by other code (fingerprint {shown(str(made_by)[:12], quote=False)}, now {code['fingerprint'][:12]}); "
             "pass --rerun to recompute it with this code"
         )
     return Outcome(final, "cached", v.meta, tuple(notes))

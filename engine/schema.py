@@ -15,6 +15,8 @@ from typing import Annotated, Generic, Literal, TypeVar, Union
 
 import attrs
 
+from engine.errors import shown
+
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
@@ -29,7 +31,7 @@ class Ge:
     bound: float
 
     def check(self, v) -> str | None:
-        return None if v >= self.bound else f"must be >= {self.bound:g}, got {v!r}"
+        return None if v >= self.bound else f"must be >= {self.bound:g}, got {shown(v)}"
 
 
 @attrs.frozen
@@ -37,7 +39,7 @@ class Gt:
     bound: float
 
     def check(self, v) -> str | None:
-        return None if v > self.bound else f"must be > {self.bound:g}, got {v!r}"
+        return None if v > self.bound else f"must be > {self.bound:g}, got {shown(v)}"
 
 
 @attrs.frozen
@@ -45,7 +47,7 @@ class Le:
     bound: float
 
     def check(self, v) -> str | None:
-        return None if v <= self.bound else f"must be <= {self.bound:g}, got {v!r}"
+        return None if v <= self.bound else f"must be <= {self.bound:g}, got {shown(v)}"
 
 
 @attrs.frozen
@@ -54,7 +56,7 @@ class Matches:
     what: str
 
     def check(self, v) -> str | None:
-        return None if re.fullmatch(self.pattern, v) else f"{self.what}, got {v!r}"
+        return None if re.fullmatch(self.pattern, v) else f"{self.what}, got {shown(v)}"
 
 
 PosInt = Annotated[int, Ge(1)]

@@ -15,7 +15,7 @@ import attrs
 import yaml
 
 from engine import convert, schema, sources, yamlio
-from engine.errors import Problem, SpecError
+from engine.errors import Problem, SpecError, shown, shown_path
 from engine.hashing import SPEC_HASH_VERSION, tagged_hash
 from engine.sweep import is_sweep, values_of
 from engine.yamlio import format_path
@@ -40,18 +40,18 @@ def parse_path(text: str) -> tuple | None:
 
 
 def parse_override(text: str) -> tuple[Override | None, Problem | None]:
-    where = f"--set {text}"
+    where = f"--set {shown(text, quote=False)}"
     if "=" not in text:
         return None, Problem(where, None, None, "", "expected PATH=VALUE, e.g. sae.train.steps=500")
     key, _, value_text = text.partition("=")
     path = parse_path(key.strip())
     if path is None:
-        return None, Problem(where, None, None, "", f"{key.strip()!r} is not a dotted path like sae.train.steps")
+        return None, Problem(where, None, None, "", f"{shown(key.strip())} is not a dotted path like sae.train.steps")
     try:
         value, _ = yamlio.load(value_text, where)
     except yaml.YAMLError as e:
         p = yamlio.yaml_problem(e, where)
-        return None, attrs.evolve(p, path=key.strip(), line=None, col=None)
+        return None, attrs.evolve(p, path=format_path(path), line=None, col=None)
     return Override(path, value, where), None
 
 
@@ -69,7 +69,7 @@ def _apply(raw: dict, override: Override) -> Problem | None:
 
 
 def read_text(path: Path) -> tuple[str | None, Problem | None]:
-    file = str(path)
+    file = shown_path(path)
     if not path.exists():
         return None, Problem(file, None, None, "", "no such file")
     if path.is_dir():
@@ -93,7 +93,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> schema.Spec:
     text, problem = read_text(path)
     if problem:
         raise SpecError([problem])
-    return load_spec_text(text, str(path), overrides)
+    return load_spec_text(text, shown_path(path), overrides)
 
 
 def load_spec_text(text: str, file: str, overrides: list[str] = ()) -> schema.Spec:
@@ -180,7 +180,7 @@ def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
         if sae.dict_ratio is not None:
             smallest = min(values_of(sae.dict_ratio)) * min(kind.ratio_bases(src))
             if round(smallest) < 1:
-                out.append((("sae", "dict_ratio"), f"ratio {min(values_of(sae.dict_ratio)):g} gives a dictionary of {round(smallest)} atoms for source {name!r}"))
+                out.append((("sae", "dict_ratio"), f"ratio {min(values_of(sae.dict_ratio)):g} gives a dictionary of {round(smallest)} atoms for source {shown(name)}"))
     stop = sae.train.stop
     if stop is not None:
         if sae.train.steps != schema.SAETrainSpec.__attrs_attrs__.steps.default:
@@ -196,7 +196,7 @@ def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
     seen = set()
     for i, a in enumerate(spec.analyses):
         if a in seen:
-            out.append((("analyses", i), f"{a!r} is listed twice"))
+            out.append((("analyses", i), f"{shown(a)} is listed twice"))
         seen.add(a)
 
     swept = {p: s for p, s, _ in sweep_fields(spec)}
@@ -209,15 +209,15 @@ def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
             path = parse_path(text)
             if path is None or path not in swept:
                 known = ", ".join(format_path(p) for p in swept) or "none"
-                out.append((("zip", g, i), f"{text!r} is not a swept field (swept: {known})"))
+                out.append((("zip", g, i), f"{shown(text)} is not a swept field (swept: {known})"))
                 continue
             if path in grouped:
-                out.append((("zip", g, i), f"{text!r} is already in zip group {grouped[path]}"))
+                out.append((("zip", g, i), f"{shown(text)} is already in zip group {grouped[path]}"))
             grouped[path] = g
             lengths[text] = len(swept[path].values())
         if len(set(lengths.values())) > 1:
-            shown = ", ".join(f"{k} has {v}" for k, v in lengths.items())
-            out.append((("zip", g), f"zipped sweeps must have equal lengths: {shown}"))
+            sizes = ", ".join(f"{k} has {v}" for k, v in lengths.items())
+            out.append((("zip", g), f"zipped sweeps must have equal lengths: {sizes}"))
     return out
 
 

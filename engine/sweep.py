@@ -19,6 +19,8 @@ import math
 
 import attrs
 
+from engine.errors import shown
+
 
 def _round12(v: float) -> float:
     return float(f"{v:.12g}")
@@ -105,7 +107,7 @@ def parse_generator(raw: dict) -> tuple[Sweep | None, str | None]:
     allowed = {name, "base"} if name == "logspace" else {name}
     extra = keys - allowed
     if extra:
-        return None, f"unexpected key {min(extra)!r} in a {name} generator"
+        return None, f"unexpected key {shown(min(extra, key=str))} in a {name} generator"
     args = raw[name]
     if not isinstance(args, list) or not all(_is_number(a) for a in args):
         return None, f"{name} expects a list of numbers"

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from engine.errors import BundleError
+from engine.errors import BundleError, shown, shown_path
 from engine.hashing import canonical_json
 
 META_KEY = "sae-repro"
@@ -39,16 +39,16 @@ def read_file(path: Path, expect: dict[str, int] = {}) -> dict[str, torch.Tensor
     try:
         tensors = load(path.read_bytes())
     except OSError as e:
-        raise BundleError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise BundleError(f"{shown_path(path)}: cannot read ({e.strerror or e})") from None
     except (SafetensorError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BundleError(f"{path}: not a readable safetensors file ({reason})") from None
+        raise BundleError(f"{shown_path(path)}: not a readable safetensors file ({shown(reason, 200, quote=False)})") from None
     for name, ndim in expect.items():
         t = tensors.get(name)
         if t is None:
-            raise BundleError(f"{path}: no tensor {name!r} (has: {', '.join(sorted(tensors)) or 'none'})")
+            raise BundleError(f"{shown_path(path)}: no tensor {name!r} (has: {shown(', '.join(sorted(tensors)), 200, quote=False) or 'none'})")
         if t.dim() != ndim or not t.is_floating_point():
-            raise BundleError(f"{path}: tensor {name!r} has shape {list(t.shape)} and dtype {t.dtype}, expected {ndim} dimensions of floats")
+            raise BundleError(f"{shown_path(path)}: tensor {name!r} has shape {list(t.shape)} and dtype {t.dtype}, expected {ndim} dimensions of floats")
     return tensors
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from engine.errors import Problem
+from engine.errors import Problem, shown
 
 Path = tuple  # of str keys and int indices
 
@@ -64,7 +64,7 @@ class StrictLoader(yaml.SafeLoader):
             return float("nan")
         value = float(text)
         if math.isinf(value):
-            raise NotASpec(None, None, f"number {self.construct_scalar(node)} is out of range for a 64-bit float", node.start_mark)
+            raise NotASpec(None, None, f"number {shown(self.construct_scalar(node), quote=False)} is out of range for a 64-bit float", node.start_mark)
         return value
 
     def construct_mapping(self, node, deep=False):
@@ -82,7 +82,7 @@ class StrictLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f"duplicate key {key!r} (first defined at line {first.line + 1})",
+                    f"duplicate key {shown(key)} (first defined at line {first.line + 1})",
                     key_node.start_mark,
                 )
             seen[key] = key_node
@@ -141,15 +141,16 @@ class Positions:
 
 def format_path(path: Path) -> str:
     """``('sae', 'l1', 2)`` -> ``sae.l1[2]``; a key that is not a plain word is quoted
-    (``sources['a b']``), so a path stays on one line whatever the keys hold."""
+    (``sources['a b']``) and a long one shortened (``engine.errors.shown``), so a path stays on
+    one short line whatever the keys hold."""
     out = ""
     for p in path:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", str(p)):
+        elif re.fullmatch(r"[A-Za-z0-9_-]{1,80}", str(p)):
             out += ("." if out else "") + str(p)
         else:
-            out += f"[{str(p)!r}]"
+            out += f"[{shown(str(p))}]"
     return out
 
 
@@ -190,7 +191,7 @@ def yaml_problem(err: yaml.YAMLError, file: str) -> Problem:
     message = " ".join(
         str(m).strip() for m in (getattr(err, "context", None), getattr(err, "problem", None)) if m
     ) or str(err).splitlines()[0]
-    message = message.replace("\t", "\\t").replace("\n", " ")
+    message = shown(message.replace("\t", "\\t").replace("\n", " "), limit=300, quote=False)  # it may quote the text
     if mark is None:
         return Problem(file, None, None, "", f"invalid YAML: {message}")
     return Problem(file, mark.line + 1, mark.column + 1, "", f"invalid YAML: {message}")

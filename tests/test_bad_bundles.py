@@ -10,6 +10,7 @@ a pickle.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -87,11 +88,23 @@ def flat_decoder(p: Path) -> None:
     p.write_bytes(tensors_io.to_bytes(tensors, {}))
 
 
-def listed_outside(b: Path) -> None:
-    meta = json.loads((b / "bundle.json").read_text())
-    meta["files"]["../../etc/passwd"] = "0" * 64
-    meta["content_digest"] = content_digest(meta["files"])
-    (b / "bundle.json").write_text(json.dumps(meta))
+def listed(name: str):
+    """bundle.json lists one more file, ``name`` (its digest updated: a consistent list)."""
+
+    def edit(b: Path) -> None:
+        meta = json.loads((b / "bundle.json").read_text())
+        meta["files"][name] = "0" * 64
+        meta["content_digest"] = content_digest(meta["files"])
+        (b / "bundle.json").write_text(json.dumps(meta))
+
+    return edit
+
+
+listed_outside = listed("../../etc/passwd")
+
+# what a bundle holds is echoed escaped and on one line (engine.errors.shown)
+NEWLINE_NAME = "notes\n\tx\x1b[31m.txt"
+NEWLINE_SHOWN = r"notes\\n\\tx\\x1b\[31m\.txt"
 
 
 # (mutation, consistent: re-hash bundle.json afterwards, expected message pattern)
@@ -106,6 +119,17 @@ UNUSABLE = {
     "digest_edited": (edit_meta(content_digest="0" * 64), False, r"^{b}/bundle\.json: corrupt \(content_digest does not match its file list\)$"),
     "files_not_a_mapping": (edit_meta(files=["a"]), False, r"^{b}/bundle\.json: corrupt \('files' must map paths to sha256 digests\)$"),
     "no_spec_hash": (edit_meta(spec_hash=None), False, r"^{b}/bundle\.json: corrupt \(no 'spec_hash'\)$"),
+    "listed_file_outside_with_a_newline": (listed("../\n../x"), False, r"^{b}/bundle\.json: corrupt \(file path '\.\./\\n\.\./x' leaves the bundle\)$"),
+    "metrics_cell_id_with_a_newline_rehashed": (
+        lambda b: (b / "metrics.json").write_text(json.dumps({"cells": {"a\nb": 1}})),
+        True,
+        r"^{b}/metrics\.json: corrupt \(cells\.a\\nb needs 'source', 'sae' and 'metrics'\)$",
+    ),
+    "metrics_cell_id_long_rehashed": (
+        lambda b: (b / "metrics.json").write_text(json.dumps({"cells": {"../" + "x" * 5000: {"source": "toy", "sae": {}, "metrics": {}}}})),
+        True,
+        r"^{b}/metrics\.json: corrupt \(cell id '\.\./x{40,80}\u2026x{20,40}' \(5003 chars\) is not a plain name\)$",
+    ),
     "listed_file_outside": (listed_outside, False, r"^{b}/bundle\.json: corrupt \(file path '\.\./\.\./etc/passwd' leaves the bundle\)$"),
     "safetensors_truncated_rehashed": (lambda b: truncate(first_sae(b)), True, r"^{b}/cells/[^/]+/sae\.safetensors: not a readable safetensors file \(.+\)$"),
     "safetensors_no_decoder_rehashed": (lambda b: drop_decoder(first_sae(b)), True, r"^{b}/cells/[^/]+/sae\.safetensors: no tensor 'decoder' \(has: encoder\.bias, encoder\.weight, firing_frequency\)$"),
@@ -128,6 +152,9 @@ CHANGED = {
     "metrics_edited": (lambda b: (b / "metrics.json").write_text("{}"), r"changed file metrics\.json \(sha256 differs from bundle\.json\)"),
     "file_missing": (lambda b: first_sae(b).unlink(), r"missing file cells/[^/]+/sae\.safetensors"),
     "file_extra": (lambda b: (b / "notes.txt").write_text("hi"), r"extra file notes\.txt \(not listed in bundle\.json\)"),
+    "file_extra_named_with_a_newline": (lambda b: (b / NEWLINE_NAME).write_text("hi"), rf"extra file {NEWLINE_SHOWN} \(not listed in bundle\.json\)"),
+    "file_extra_named_not_utf8": (lambda b: (b / os.fsdecode(b"\xff\xfe.txt")).write_text("hi"), r"extra file \\udcff\\udcfe\.txt \(not listed in bundle\.json\)"),
+    "file_listed_with_a_newline_missing": (listed(NEWLINE_NAME), rf"missing file {NEWLINE_SHOWN}"),
 }
 
 
@@ -206,6 +233,17 @@ def test_rerun_over_a_damaged_bundle_refuses(base, tmp_path):
     assert r.stderr.splitlines() == [
         f"{b}: exists but fails verification (1 changed, 0 missing, 0 extra files); run `sae-run --verify {b}` for details, or --rerun to replace it"
     ]
+
+
+def test_bundle_fields_are_echoed_on_one_line(base, tmp_path):
+    """`sae-report` quotes bundle.json's spec_hash when it disagrees: escaped, one line."""
+    from engine.cli import sae_report
+
+    b = broken_copy(base, tmp_path, edit_meta(spec_hash="ab\ncd\x1bef0123456789"))
+    r = invoke(sae_report, [b])
+    assert r.exit_code == 2, r.output
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"{b}: spec.yaml hashes to ") and "bundle.json says ab\\ncd\\x1bef0123 (made by another version?)" in line, line
 
 
 # ------------------------------------------------------------------ never a pickle

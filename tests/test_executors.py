@@ -137,6 +137,17 @@ def test_cli_executor_usage_errors(spec_file, tmp_path, monkeypatch):
     assert "Traceback" not in r.output
 
 
+def wait_blocked_on(results, key, thread: threading.Thread, timeout: float = 60) -> None:
+    """Until the kernel lists a waiter blocked on the lock file of ``key`` (``->`` lines of
+    /proc/locks): then ``thread`` is provably waiting, not merely slow to start."""
+    ino = os.stat(locks.lock_path(results, key)).st_ino
+    end = time.monotonic() + timeout
+    while not any(" -> " in line and f":{ino} " in line for line in open("/proc/locks")):
+        assert thread.is_alive(), "the waiter returned while the lock was held"
+        assert time.monotonic() < end, "the waiter never blocked on the lock"
+        time.sleep(0.01)
+
+
 def test_locks_exclude_and_are_freed(tmp_path):
     a = locks.try_lock(tmp_path, "k")
     assert a is not None
@@ -145,7 +156,7 @@ def test_locks_exclude_and_are_freed(tmp_path):
     waited = []
     t = threading.Thread(target=lambda: (locks.wait_unlocked(tmp_path, "k"), waited.append(True)))
     t.start()
-    time.sleep(0.2)
+    wait_blocked_on(tmp_path, "k", t)
     assert not waited
     a.release()
     t.join(5)
@@ -181,7 +192,7 @@ def test_run_group_skips_busy_cells_then_waits_for_them(spec_file, reference, tm
     out = {}
     t = threading.Thread(target=lambda: out.setdefault("r", run_group(plan, tmp_path, keys, code_info(), wait=True)))
     t.start()
-    time.sleep(0.3)
+    wait_blocked_on(tmp_path, keys[0], t)
     assert "r" not in out  # waiting for the holder
     held.release()  # the holder died without finishing: the waiter trains the cell itself
     t.join(60)

@@ -50,6 +50,7 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
+from engine.errors import shown, shown_path
 from engine.schema import CorpusSpec
 
 HASH_PREFIX = b"sae-repro/corpus/v1\0"
@@ -83,7 +84,7 @@ def load_corpus(spec: CorpusSpec, cache_dir: pathlib.Path) -> Corpus:
         raise CorpusError(f"corpus: give exactly one of 'builtin', 'hf' or 'files' (got {given or 'none'})")
     if spec.builtin is not None:
         if spec.builtin != "python-docs":
-            raise CorpusError(f"corpus: unknown builtin corpus {spec.builtin!r} (known: 'python-docs')")
+            raise CorpusError(f"corpus: unknown builtin corpus {shown(spec.builtin)} (known: 'python-docs')")
         docs, info = _load_python_docs(cache_dir)
     elif spec.files is not None:
         docs, info = _load_files(spec.files, spec.text_field, cache_dir)
@@ -93,9 +94,9 @@ def load_corpus(spec: CorpusSpec, cache_dir: pathlib.Path) -> Corpus:
     label = ", ".join(spec.files) if spec.files is not None else info["source"]
     docs, truncated = cap_documents(docs, spec.max_chars)
     if not docs:
-        raise CorpusError(f"{label}: contains no text")
+        raise CorpusError(f"{shown_path(label)}: contains no text")
     if len(docs) < 2:
-        raise CorpusError(f"{label}: only one document, the train/validation split needs at least two (.txt files split at blank lines)")
+        raise CorpusError(f"{shown_path(label)}: only one document, the train/validation split needs at least two (.txt files split at blank lines)")
     train, val = split_documents(docs, spec.val_fraction)
     info.update(
         documents=len(docs),
@@ -227,7 +228,7 @@ def _one_line(exc: BaseException) -> str:
         seen.add(id(exc))
         exc = exc.__cause__
     msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
+    return shown(f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": "), 200, quote=False)
 
 
 # ----------------------------------------------------------------------------- builtin python-docs
@@ -255,7 +256,7 @@ def _load_python_docs(cache_dir: pathlib.Path) -> tuple[list[str], dict]:
         ds, digest = _load_local("json", path, cache_dir)
         docs = list(ds["text"])
     except Exception as exc:  # a corrupt cache file: say which, the user can delete it
-        raise CorpusError(f"{path}: cached python-docs corpus is unreadable ({_one_line(exc)}); delete it to re-extract") from None
+        raise CorpusError(f"{shown_path(path)}: cached python-docs corpus is unreadable ({_one_line(exc)}); delete it to re-extract") from None
     info = {
         "source": "builtin:python-docs",
         "python": platform.python_version(),
@@ -358,16 +359,16 @@ def _check_text_file(path: pathlib.Path) -> None:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             nul = chunk.find(b"\0")
             if nul >= 0:
-                raise CorpusError(f"{path}: looks binary (NUL byte at offset {offset + nul}), expected UTF-8 text")
+                raise CorpusError(f"{shown_path(path)}: looks binary (NUL byte at offset {offset + nul}), expected UTF-8 text")
             try:
                 dec.decode(chunk)
             except UnicodeDecodeError as e:
-                raise CorpusError(f"{path}: not valid UTF-8 (byte offset {offset + e.start})") from None
+                raise CorpusError(f"{shown_path(path)}: not valid UTF-8 (byte offset {offset + e.start})") from None
             offset += len(chunk)
         try:
             dec.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise CorpusError(f"{path}: not valid UTF-8 (truncated character at the end)") from None
+            raise CorpusError(f"{shown_path(path)}: not valid UTF-8 (truncated character at the end)") from None
 
 
 def _load_files(files: tuple[str, ...], text_field: str, cache_dir: pathlib.Path) -> tuple[list[str], dict]:
@@ -379,20 +380,20 @@ def _load_files(files: tuple[str, ...], text_field: str, cache_dir: pathlib.Path
         path = pathlib.Path(name).expanduser()
         kind = _TEXT_SUFFIXES.get(path.suffix.lower())
         if kind is None:
-            raise CorpusError(f"{path}: unsupported file type {path.suffix!r} (use .txt, .md, .jsonl, .json or .parquet)")
+            raise CorpusError(f"{shown_path(path)}: unsupported file type {shown(path.suffix)} (use .txt, .md, .jsonl, .json or .parquet)")
         if not path.exists():
-            raise CorpusError(f"{path}: no such file")
+            raise CorpusError(f"{shown_path(path)}: no such file")
         if not path.is_file():
-            raise CorpusError(f"{path}: not a regular file")
+            raise CorpusError(f"{shown_path(path)}: not a regular file")
         if path.stat().st_size == 0:
-            raise CorpusError(f"{path}: file is empty")
+            raise CorpusError(f"{shown_path(path)}: file is empty")
         if kind == "parquet":
             with open(path, "rb") as f:
                 head = f.read(4)
                 f.seek(-4, os.SEEK_END)
                 tail = f.read(4)
             if head != b"PAR1" or tail != b"PAR1":
-                raise CorpusError(f"{path}: not a parquet file (missing PAR1 magic)")
+                raise CorpusError(f"{shown_path(path)}: not a parquet file (missing PAR1 magic)")
         else:
             _check_text_file(path)
         try:
@@ -405,21 +406,21 @@ def _load_files(files: tuple[str, ...], text_field: str, cache_dir: pathlib.Path
         except CorpusError:
             raise
         except Exception as exc:
-            raise CorpusError(f"{path}: could not be read as {kind} ({_one_line(exc)})") from None
+            raise CorpusError(f"{shown_path(path)}: could not be read as {kind} ({_one_line(exc)})") from None
         if field not in ds.column_names:
-            raise CorpusError(f"{path}: no text field {field!r} (fields: {', '.join(ds.column_names) or 'none'}); set corpus.text_field")
+            raise CorpusError(f"{shown_path(path)}: no text field {shown(field)} (fields: {shown(', '.join(ds.column_names), 200, quote=False) or 'none'}); set corpus.text_field")
         values = ds[field]
         n_before = len(docs)
         for i, v in enumerate(values):
             if v is None:
                 continue
             if not isinstance(v, str):
-                raise CorpusError(f"{path}: record {i} field {field!r} is {type(v).__name__}, expected a string")
+                raise CorpusError(f"{shown_path(path)}: record {i} field {shown(field)} is {type(v).__name__}, expected a string")
             v = v.strip()
             if v:
                 docs.append(v)
         if len(docs) == n_before:
-            raise CorpusError(f"{path}: contains no text in field {field!r}" if kind != "text" else f"{path}: contains no text")
+            raise CorpusError(f"{shown_path(path)}: contains no text in field {shown(field)}" if kind != "text" else f"{shown_path(path)}: contains no text")
         recorded.append({"path": str(path), "sha256": digest, "documents": len(docs) - n_before})
     return docs, {"source": "files", "files": recorded, "text_field": text_field, "txt_documents": "paragraph"}
 
@@ -462,13 +463,13 @@ def _load_hub(spec: CorpusSpec) -> tuple[list[str], dict]:
     reason = hub_unreachable_reason()
     offline_mode = reason is not None and reason.endswith("is set")
     if reason is not None and not offline_mode:
-        raise CorpusError(f"hf:{name}: the Hugging Face hub can't be reached ({reason}); {hint}")
+        raise CorpusError(f"hf:{shown(name, quote=False)}: the Hugging Face hub can't be reached ({reason}); {hint}")
     import datasets
 
     if offline_mode and not datasets.config.HF_HUB_OFFLINE:
         # the variable was set after `datasets` was imported: the library would still go online
         # (5 retries, ~23 s), so do not let it; a fresh process will look in the local cache
-        raise CorpusError(f"hf:{name}: the Hugging Face hub can't be reached ({reason}); {hint}")
+        raise CorpusError(f"hf:{shown(name, quote=False)}: the Hugging Face hub can't be reached ({reason}); {hint}")
     try:
         with _quiet_datasets():
             if spec.max_chars is not None and not offline_mode:
@@ -478,7 +479,7 @@ def _load_hub(spec: CorpusSpec) -> tuple[list[str], dict]:
                 for row in ds:
                     v = row.get(spec.text_field)
                     if v is None and spec.text_field not in row:
-                        raise CorpusError(f"hf:{name}: no text field {spec.text_field!r} (fields: {', '.join(row)}); set corpus.text_field")
+                        raise CorpusError(f"hf:{shown(name, quote=False)}: no text field {shown(spec.text_field)} (fields: {shown(', '.join(map(str, row)), 200, quote=False)}); set corpus.text_field")
                     if isinstance(v, str) and v.strip():
                         docs.append(v.strip())
                         total += len(docs[-1])
@@ -487,13 +488,13 @@ def _load_hub(spec: CorpusSpec) -> tuple[list[str], dict]:
             else:
                 ds = datasets.load_dataset(name, spec.config, split=spec.split)
                 if spec.text_field not in ds.column_names:
-                    raise CorpusError(f"hf:{name}: no text field {spec.text_field!r} (fields: {', '.join(ds.column_names)}); set corpus.text_field")
+                    raise CorpusError(f"hf:{shown(name, quote=False)}: no text field {shown(spec.text_field)} (fields: {shown(', '.join(ds.column_names), 200, quote=False)}); set corpus.text_field")
                 docs = [v.strip() for v in ds[spec.text_field] if isinstance(v, str) and v.strip()]
     except CorpusError:
         raise
     except Exception as exc:
         if offline_mode:  # offline and not in the local datasets cache
-            raise CorpusError(f"hf:{name}: the Hugging Face hub can't be reached ({reason}) and the dataset is not cached locally; {hint}") from None
-        raise CorpusError(f"hf:{name}: could not load ({_one_line(exc)})") from None
+            raise CorpusError(f"hf:{shown(name, quote=False)}: the Hugging Face hub can't be reached ({reason}) and the dataset is not cached locally; {hint}") from None
+        raise CorpusError(f"hf:{shown(name, quote=False)}: could not load ({_one_line(exc)})") from None
     info = {"source": f"hf:{name}", "hf": name, "config": spec.config, "split": spec.split, "text_field": spec.text_field}
     return docs, info

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.sources.base import Cost, PreparedSource, SourceKind
+from engine.sources.hf_model import HFModelKind
 from engine.sources.lm import LMKind
 from engine.sources.toy import ToyKind
 
-KINDS: dict[str, type[SourceKind]] = {k.kind: k for k in (ToyKind, LMKind)}
+KINDS: dict[str, type[SourceKind]] = {k.kind: k for k in (ToyKind, LMKind, HFModelKind)}
 
 
 def get(kind: str) -> type[SourceKind]:

@@ -197,8 +197,41 @@ class SynthSource:
     noise_std: Sweepable[NonNegFloat] = 0.0
 
 
-Source = Union[ToySource, LMSource, SynthSource]
-SOURCE_KINDS: dict[str, type] = {"toy": ToySource, "lm": LMSource, "synth": SynthSource}
+
+# ---------------------------------------------------------------- a user's own HF model
+
+
+ModuleName = Annotated[str, Matches(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", "expected a dotted submodule name like 'transformer.h.1.mlp'")]
+
+
+@attrs.frozen(kw_only=True)
+class HFModelSource:
+    """SAEs on activations of a user's own Hugging Face causal LM, saved locally with
+    ``save_pretrained`` (model and tokenizer in one directory; ``engine.sources.hf_model``).
+
+    ``path``: that directory (a string, relative to the working directory; hub names are
+    refused, nothing is downloaded). ``module``: the submodule whose output is read
+    (``model.get_submodule``), e.g. ``transformer.h.1.mlp``. ``tokens`` activations of the
+    corpus's training split feed SAE training; ``ce_tokens`` tokens of its validation split
+    measure CE loss recovered; the SAE evaluation set is ``eval.samples`` activations of the
+    validation split. ``width``: the module's output width; by default read from the model's
+    ``config.json`` (its hidden size), which is right for blocks and their attention/MLP
+    outputs; give it for any other module."""
+
+    kind: Literal["hf_model"] = "hf_model"
+    path: str
+    module: Sweepable[ModuleName]
+    corpus: CorpusSpec = CorpusSpec(builtin="python-docs")
+    context: Annotated[int, Ge(2)] = 128
+    tokens: PosInt = 1_000_000
+    ce_tokens: PosInt = 16_384
+    normalize: bool = True  # as ActivationSpec.normalize: unit mean squared norm, undone when splicing
+    width: PosInt | None = None
+
+
+
+Source = Union[ToySource, LMSource, SynthSource, HFModelSource]
+SOURCE_KINDS: dict[str, type] = {"toy": ToySource, "lm": LMSource, "synth": SynthSource, "hf_model": HFModelSource}
 
 
 # ---------------------------------------------------------------- SAE sweep

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.sources.base import Cost, PreparedSource, SourceKind
+from engine.sources.hf_model import HFModelKind
 from engine.sources.lm import LMKind
 from engine.sources.synth import SynthKind
 from engine.sources.toy import ToyKind
 
-KINDS: dict[str, type[SourceKind]] = {k.kind: k for k in (ToyKind, LMKind, SynthKind)}
+KINDS: dict[str, type[SourceKind]] = {k.kind: k for k in (ToyKind, LMKind, SynthKind, HFModelKind)}
 
 
 def get(kind: str) -> type[SourceKind]:

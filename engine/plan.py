@@ -152,7 +152,11 @@ def source_width(src) -> int:
 
 
 def source_key(seed: int, src) -> str:
-    return tagged_hash(SOURCE_KEY_VERSION, {"seed": seed, "source": convert.unstructure(src)})
+    data = {"seed": seed, "source": convert.unstructure(src)}
+    content = source_kinds.of(src).content_id(src)
+    if content is not None:  # e.g. a user's model: a re-saved model is another source
+        data["content"] = content
+    return tagged_hash(SOURCE_KEY_VERSION, data)
 
 
 def resolve_device(requested: str) -> str:

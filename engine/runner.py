@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +12,7 @@ import attrs
 
 from engine import executors, provenance, sources
 from engine.assemble import write_bundle
-from engine.bundle import verify
+from engine.bundle import read_meta, temp_sibling, verify
 from engine.cellstore import cell_store
 from engine.determinism import configure_torch
 from engine.errors import BundleError, CellFailure, shown, shown_path
@@ -82,7 +84,7 @@ def _run(plan: Plan, results: Path, rerun: bool, progress: Progress, options: Ex
     final = bundle_path(results, plan)
     code = provenance.code_info()
     if final.exists() and not rerun:
-        cached = _cached(final, code)
+        cached = _cached(final, code, plan)
         if cached is not None:
             return cached
 
@@ -136,21 +138,52 @@ def _run(plan: Plan, results: Path, rerun: bool, progress: Progress, options: Ex
     if failures:
         raise RunFailed(failures)
 
-    meta, published = write_bundle(plan, final, prepared, store, code, timings, t0)
+    stale = _move_stale_aside(final, plan) if rerun else None
+    try:
+        meta, published = write_bundle(plan, final, prepared, store, code, timings, t0)
+    except BaseException:
+        if stale is not None and not final.exists():
+            os.rename(stale, final)  # nothing new was published: the old bundle stays
+        raise
+    if stale is not None:
+        shutil.rmtree(stale, ignore_errors=True)
     counts = {"trained": len(trained), "reused": len(plan.cells) - len(trained)}
     if not published:
         log(f"another run published {final.name} first; using it ({counts['trained']} cells trained here, {counts['reused']} reused)")
-        cached = _cached(final, code) or Outcome(final, "cached", meta)
+        cached = _cached(final, code, plan) or Outcome(final, "cached", meta)
         return attrs.evolve(cached, **counts)
     return Outcome(final, "created", meta, **counts)
 
 
-def _cached(final: Path, code: dict) -> Outcome | None:
+def _move_stale_aside(final: Path, plan: Plan) -> Path | None:
+    """With --rerun, a bundle of this spec that holds other cells (a source's content changed,
+    e.g. a user's model) is renamed out of the way, so the new one can be published; returns
+    where it went (deleted once the new bundle is in place)."""
+    if not final.exists():
+        return None
+    try:
+        recorded = read_meta(final).get("cells")
+    except BundleError:
+        recorded = None
+    if recorded == {c.id: c.key for c in plan.cells}:
+        return None  # same cells: first writer wins, the bundle's bytes are the same
+    trash = temp_sibling(final)
+    os.rename(final, trash)
+    return trash
+
+
+def _cached(final: Path, code: dict, plan: Plan) -> Outcome | None:
     v = verify(final)
     if not v.ok:
         raise BundleError(
             f"{shown_path(final)}: exists but fails verification ({len(v.changed)} changed, {len(v.missing)} missing, "
             f"{len(v.extra)} extra files); run `sae-run --verify {shown_path(final)}` for details, or --rerun to replace it"
+        )
+    if v.meta.get("cells") != {c.id: c.key for c in plan.cells}:
+        # same spec, other content outside it (a user's model re-saved at the same path)
+        raise BundleError(
+            f"{shown_path(final)}: exists but holds other cells than this spec now plans (a source's content changed "
+            "since, e.g. a model re-saved at the same path); pass --rerun to replace it"
         )
     notes = []
     made_by = v.meta.get("code", {}).get("fingerprint")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine import tensors as tensors_io
-from engine.errors import SourceError, SpecError, UserError
+from engine.errors import BundleError, SourceError, SpecError, UserError
 from engine.export import export
 from engine.hf_model import HUB_HINT
 from engine.lm.tokenizer import EOT, build_tokenizer
@@ -161,20 +161,35 @@ def test_context_longer_than_the_model(root):
         load_spec_text(_spec(root).replace("context: 16", "context: 65"), "spec.yaml")
 
 
-def test_changed_model_files_are_refused(root, tmp_path):
-    """Cells are keyed by the spec (the path): a model changed in place must not reuse them."""
+def test_a_changed_model_is_another_source(root, tmp_path):
+    """The source key hashes the model's files: a model re-saved in place gets new cell keys
+    (nothing trained on the old one is reused); files changed after planning are refused."""
     import shutil
 
     model = tmp_path / "model"
     shutil.copytree(root / "tiny-gpt2", model)
     text = _spec(root, path=model)
-    run(make_plan(load_spec_text(text, "spec.yaml")), tmp_path / "results")
+    before = make_plan(load_spec_text(text, "spec.yaml"))
+    run(before, tmp_path / "results")
     m = transformers.GPT2LMHeadModel.from_pretrained(model, local_files_only=True)
     with torch.no_grad():
         m.transformer.h[0].mlp.c_fc.weight.mul_(2)
     m.save_pretrained(model)
+    after = make_plan(load_spec_text(text, "spec.yaml"))
+    assert {c.key for c in after.cells}.isdisjoint({c.key for c in before.cells})
+    with pytest.raises(BundleError, match="holds other cells than this spec now plans"):
+        run(after, tmp_path / "results")  # the old bundle is not passed off as this one
+    out = run(after, tmp_path / "results", rerun=True)
+    assert out.trained == len(after.cells)
+    # files changed between planning and reading: the pin refuses them
+    with torch.no_grad():
+        m.transformer.h[0].mlp.c_fc.weight.mul_(2)
+    planned = make_plan(load_spec_text(text, "spec.yaml"))
+    run(planned, tmp_path / "results")
+    m.transformer.h[0].mlp.c_fc.weight.data.mul_(2)
+    m.save_pretrained(model)
     with pytest.raises(SourceError, match=r"^sources.mine.path: the model files in .* \(model.safetensors\) changed since"):
-        run(make_plan(load_spec_text(text, "spec.yaml")), tmp_path / "results", rerun=True)
+        run(planned, tmp_path / "results", rerun=True)
 
 
 def test_export_to_saelens(bundle, tmp_path):

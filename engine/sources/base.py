@@ -85,6 +85,13 @@ class SourceKind:
         return Cost()
 
     @staticmethod
+    def content_id(config) -> str | None:
+        """A hash of content outside the spec that determines the source's data (a model's
+        files), folded into the source key and so into every cell key; None for sources
+        that the spec alone determines."""
+        return None
+
+    @staticmethod
     def planted(config) -> int | None:
         """The number of planted features, where known."""
         return None

@@ -31,10 +31,11 @@ sha256 each), the corpus content hash, the module, context, token counts, evalua
 root seed, threads and the torch/transformers versions: a rerun, or another spec that reads
 the same module of the same model, reuses them.
 
-**Changed model files.** Cell keys (``.cells``) hash the spec, so the *path*, not the model's
-content. The first run of a source pins the model's file hashes in
-``<results>/.acts/pins/<source key>/``; a later run whose model files differ stops with a
-one-line error rather than reuse SAEs trained on the old model.
+**Changed model files.** The source key (and so every cell key) hashes the content of the
+model's files (``HFModelKind.content_id``), so a model re-saved at the same path is another
+source: nothing trained on the old one is reused. As a second guard, the source's file hashes
+are pinned in ``<results>/.acts/pins/<source key>/`` when it is first prepared, and a run
+whose files differ from the pin (changed between planning and reading) stops with one line.
 
 ``normalize`` scales activations to unit mean squared norm (scale recorded as
 ``activation_scale``, undone when a reconstruction is spliced back), as the LM source does.
@@ -139,6 +140,18 @@ def model_files(path: str) -> list[Path]:
         found.update(f for f in p.glob(pattern) if f.is_file())
     found.update(p / n for n in TOKENIZER_FILES if (p / n).is_file())
     return sorted(found)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_digest(f: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so a plan hashes weights once."""
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(f)
+    return _DIGESTS[key]
 
 
 def _has_weights(path: str) -> bool:
@@ -428,6 +441,15 @@ class HFModelKind(SourceKind):
     def cost(config, spec) -> Cost:
         flops = 2.0 * _param_count(config.path) * (config.tokens + spec.eval.samples + 3 * config.ce_tokens)
         return Cost(setup_flops=flops)
+
+    @staticmethod
+    def content_id(config) -> str | None:
+        """sha256 of the model's files (config, weights, tokenizer) by name: a model re-saved
+        at the same path is another source, so no SAE trained on the old one is reused."""
+        files = model_files(config.path)
+        if not all(f.is_file() for f in files):
+            return None  # check() reports the missing files
+        return tagged_hash(f"{PROJECT}/hf-model-files/v1", {f.name: _file_digest(f) for f in files})
 
     @staticmethod
     def prepare(plan, spec, results, log) -> HFModelSourceData:

@@ -381,6 +381,29 @@ class MatryoshkaBatchTopKSAE(SAECommon):
     prefixes: tuple[Fraction, ...] = (0.25, 0.5, 1.0)
 
 
+@sae_kind
+class JumpReLUSAE(SAECommon):
+    """JumpReLU (Rajamanoharan et al. 2024): codes pass a learnt per-atom threshold; an L0
+    penalty trained through straight-through estimates with a rectangle kernel of width
+    ``bandwidth`` (``sae/jumprelu.py``). ``sparsity_coef`` multiplies the mean L0 per sample
+    (not divided by m); thresholds start at ``threshold_init``."""
+
+    kind: Literal["jumprelu"] = "jumprelu"
+    sparsity_coef: Sweepable[NonNegFloat]
+    threshold_init: Sweepable[PosFloat] = 1e-3
+    bandwidth: Sweepable[PosFloat] = 1e-3
+
+
+@sae_kind
+class GatedSAE(SAECommon):
+    """Gated (Rajamanoharan et al. 2024): a gate path decides which atoms fire, a magnitude
+    path sharing its weights (rescaled) sets how much; L1 on the gate, with an auxiliary
+    reconstruction through a frozen decoder (``sae/gated.py``). ``l1`` as relu_l1's."""
+
+    kind: Literal["gated"] = "gated"
+    l1: Sweepable[Annotated[float, Ge(0), Le(1e30)]]
+
+
 @attrs.frozen
 class EvalSpec:
     samples: PosInt = 4096

@@ -50,6 +50,7 @@ class Gated(SAE):
 
     kind = "gated"
     params = ("l1",)
+    loss_terms = ("loss", "mse", "l1", "aux")
     sparsity = "l1"
     tensor_format = "gated/v1"
 

@@ -103,6 +103,7 @@ class JumpReLU(SAE):
 
     kind = "jumprelu"
     params = ("sparsity_coef", "threshold_init", "bandwidth")
+    loss_terms = ("loss", "mse", "l0")
     sparsity = "sparsity_coef"
     tensor_format = "jumprelu/v1"
     defaults: ClassVar[dict[str, float]] = {"threshold_init": 1e-3, "bandwidth": 1e-3}

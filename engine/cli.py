@@ -172,7 +172,6 @@ def sae_run(spec, overrides, results, threads, dry_run, rerun, verify_bundle, qu
     else:
         click.echo(f"created: {outcome.path} ({outcome.trained} cells trained, {outcome.reused} reused)")
     if not quiet:
-        import json
 
         metrics = layout.read_metrics(outcome.path)
         for line in summary_table(metrics):

@@ -95,7 +95,7 @@ def _run(plan: Plan, results: Path, rerun: bool, progress: Progress, options: Ex
         log(f"{len(plan.cells) - len(todo)} of {len(plan.cells)} cells already finished (reused from {store.root})")
 
     t0 = time.perf_counter()
-    prepared: dict[str, PreparedSource] = {}
+    prepared: dict[str, sources.PreparedSource] = {}
     timings: dict[str, float] = {}
     with progress.stage("sources", len(plan.sources)) as bar:
         for sp in plan.sources:

@@ -5,4 +5,4 @@ from .features import planted_features
 from .generator import ToyData
 from .synth import SynthConfig, SynthData
 
-__all__ = ["ToyData", "ToyDataConfig", "planted_features"]
+__all__ = ["SynthConfig", "SynthData", "ToyData", "ToyDataConfig", "planted_features"]

@@ -13,14 +13,13 @@ anything else plant the same directions before ``orthogonalize_steps``), ``synth
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 import torch
 
-from engine import convert, schema
-from engine import tensors as tensors_io
+from engine import schema
 from engine.seeding import torch_generator
-from engine.sources.base import Cost, SourceKind
+from engine.sources.base import Cost
+from engine.sources.planted import PlantedKind, PlantedSourceData
 from engine.sweep import values_of
 from toydata.synth import SynthConfig, SynthData, hierarchy_size, zipf_probabilities
 
@@ -53,10 +52,11 @@ def synth_config(cfg: schema.SynthSource) -> SynthConfig:
     )
 
 
-class SynthSourceData:
+class SynthSourceData(PlantedSourceData):
     """A synth source: planted features and hierarchy, the generator, a fixed evaluation set."""
 
-    corpus = None
+    kind = "synth"
+    truth_format = "synth-ground-truth/v1"
 
     def __init__(self, plan, seed: int, eval_samples: int):
         self.plan = plan
@@ -78,45 +78,10 @@ class SynthSourceData:
         self.eval_x = torch.cat(xs)
         self.eval_codes = torch.cat(codes)  # [N, n_features] the evaluation set's true codes
 
-    def batches(self, batch: int) -> Callable[[int], torch.Tensor]:
-        g = torch_generator(self.seed, "synth_data", self.plan.key, batch)
-        return lambda step: self.data.sample(batch, g)[0]
 
-    def init_samples(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self.data.sample(n, generator)[0]
-
-    def files(self) -> dict[str, bytes]:
-        return {"ground_truth.safetensors": tensors_io.to_bytes(self.data.ground_truth(), {"format": "synth-ground-truth/v1"})}
-
-    def info(self) -> dict:
-        return {"kind": "synth", "key": self.plan.key, "config": convert.unstructure(self.plan.config), "width": self.plan.width}
-
-    def cell_metrics(self, reconstruct) -> dict:
-        return {}
-
-
-class SynthKind(SourceKind):
+class SynthKind(PlantedKind):
     kind = "synth"
     spec = schema.SynthSource
-    has_truth = True
-    ratio_base_name = "n_features"
-
-    @staticmethod
-    def width(config) -> int:
-        return config.dim
-
-    @staticmethod
-    def ratio_base(config) -> int:
-        return config.n_features
-
-    @staticmethod
-    def ratio_bases(config) -> tuple[int, ...]:
-        return values_of(config.n_features)
-
-    @staticmethod
-    def planted(config) -> int:
-        return config.n_features
-
     @staticmethod
     def check(config, path: tuple) -> list[tuple[tuple, str]]:
         """p_min <= p_max and a hierarchy that fits in n_features, over every combination of

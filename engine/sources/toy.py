@@ -7,24 +7,23 @@ they train in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import torch
 
-from engine import convert, schema
-from engine import tensors as tensors_io
+from engine import schema
 from engine.seeding import torch_generator
-from engine.sources.base import Cost, SourceKind
-from engine.sweep import values_of
+from engine.sources.base import Cost
+from engine.sources.planted import PlantedKind, PlantedSourceData
 from toydata import ToyData, ToyDataConfig
 
 EVAL_CHUNK = 256  # toy eval samples are drawn in batches of this size (batch correlation depends on it)
 
 
-class ToySourceData:
+class ToySourceData(PlantedSourceData):
     """A toy source: planted features, the report's generator, a fixed evaluation set."""
 
-    corpus = None
+    kind = "toy"
+    truth_format = "toy-ground-truth/v1"
 
     def __init__(self, plan, seed: int, eval_samples: int):
         self.plan = plan
@@ -58,45 +57,10 @@ class ToySourceData:
         self.eval_x = torch.cat(chunks)
         self.eval_codes = torch.cat(codes)  # [N, n_features] the evaluation set's true codes
 
-    def batches(self, batch: int) -> Callable[[int], torch.Tensor]:
-        g = torch_generator(self.seed, "toy_data", self.plan.key, batch)
-        return lambda step: self.data.sample(batch, g)[0]
 
-    def init_samples(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self.data.sample(n, generator)[0]
-
-    def files(self) -> dict[str, bytes]:
-        return {"ground_truth.safetensors": tensors_io.to_bytes(self.data.ground_truth(), {"format": "toy-ground-truth/v1"})}
-
-    def info(self) -> dict:
-        return {"kind": "toy", "key": self.plan.key, "config": convert.unstructure(self.plan.config), "width": self.plan.width}
-
-    def cell_metrics(self, reconstruct) -> dict:
-        return {}
-
-
-class ToyKind(SourceKind):
+class ToyKind(PlantedKind):
     kind = "toy"
     spec = schema.ToySource
-    has_truth = True
-    ratio_base_name = "n_features"
-
-    @staticmethod
-    def width(config) -> int:
-        return config.dim
-
-    @staticmethod
-    def ratio_base(config) -> int:
-        return config.n_features  # as in the interim report: m = ratio * n_features
-
-    @staticmethod
-    def ratio_bases(config) -> tuple[int, ...]:
-        return values_of(config.n_features)
-
-    @staticmethod
-    def planted(config) -> int:
-        return config.n_features
-
     @staticmethod
     def cost(config, spec) -> Cost:
         n = float(config.n_features)

@@ -199,3 +199,52 @@ def verify(path: Path) -> Verification:
     present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink()}
     extra = sorted(present - set(files) - UNLISTED)
     return Verification(path, meta, tuple(changed), tuple(missing), tuple(extra))
+
+
+def replace_derived(bundle: Path, meta: dict, prefix: str, files: dict[str, bytes]) -> dict:
+    """Replace the derived folder ``prefix`` (``report``) of a verified bundle by ``files``
+    and return the new bundle.json data: the folder is built in a sibling temporary directory
+    and swapped in by renames, then bundle.json is replaced (write, fsync, ``os.replace``)
+    with that folder's entries of ``files`` updated; the content digest is unchanged (derived
+    files are outside it). On any failure the old folder and bundle.json stay. Raises OSError."""
+    if prefix.rstrip("/") + "/" not in DERIVED_PREFIXES:
+        raise ValueError(f"{prefix!r} is not a derived folder of a bundle")
+    bundle = Path(bundle)
+    new = bundle.parent / f".tmp-{prefix}-{bundle.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    old = new.with_name(new.name.replace(f".tmp-{prefix}-", f".old-{prefix}-"))
+    meta_tmp = new.with_name(new.name.replace(f".tmp-{prefix}-", ".tmp-meta-"))
+    current = bundle / prefix
+    swapped = False  # report/ is the new one, bundle.json not yet
+    try:
+        new.mkdir()
+        digests = {}
+        for name, data in files.items():
+            p = new / name
+            p.write_bytes(data)
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+            digests[f"{prefix}/{name}"] = sha256_file(p)
+        fsync_dir(new)
+        kept = {k: h for k, h in meta["files"].items() if not k.startswith(prefix + "/")}
+        meta_new = {**meta, "files": dict(sorted({**kept, **digests}.items()))}
+        meta_tmp.write_text(stable_json(meta_new), encoding="utf-8")
+        with open(meta_tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if current.exists():
+            os.rename(current, old)
+        os.rename(new, current)
+        swapped = True
+        os.replace(meta_tmp, bundle / META_FILE)
+        swapped = False
+        fsync_dir(bundle)
+    except BaseException:
+        if swapped:  # put the old report back under the old bundle.json
+            os.rename(current, new)
+        if old.exists() and not current.exists():
+            os.rename(old, current)
+        shutil.rmtree(new, ignore_errors=True)
+        meta_tmp.unlink(missing_ok=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    read_meta(bundle)
+    return meta_new

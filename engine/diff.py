@@ -81,7 +81,7 @@ class Loaded:
     path: Path
     meta: dict
     spec: dict
-    metrics: dict
+    metrics: layout.MetricsFile
 
 
 def load(path: Path) -> Loaded:
@@ -102,10 +102,10 @@ def load(path: Path) -> Loaded:
         raise BundleError(f"{shown_path(path / 'metrics.json')}: corrupt ({e.__class__.__name__}: {_first_line(e)})") from None
     if not isinstance(spec, dict):
         raise BundleError(f"{shown_path(path / 'spec.yaml')}: corrupt (expected a mapping, got {type(spec).__name__})")
-    problem = _metrics_problem(metrics)
+    problem = _metrics_problem(metrics)  # what the diff relies on, named plainly
     if problem:
         raise BundleError(f"{shown_path(path / 'metrics.json')}: corrupt ({problem})")
-    return Loaded(path, v.meta, spec, metrics)
+    return Loaded(path, v.meta, spec, layout.metrics_from(metrics, shown_path(path / layout.METRICS_FILE)))
 
 
 def _first_line(e: Exception) -> str:
@@ -139,8 +139,8 @@ def _safe_path_part(name: str) -> bool:
 
 
 def _identity(b: Loaded, cell: dict) -> str:
-    source = b.metrics.get("sources", {}).get(cell["source"], {})
-    return canonical_json({"source": cell["source"], "source_config": source.get("config"), "sae": cell["sae"]}).decode()
+    source = b.metrics.sources.get(cell.source, {})
+    return canonical_json({"source": cell.source, "source_config": source.get("config"), "sae": cell.sae}).decode()
 
 
 def _close(a, b, tol: Tolerances) -> bool:
@@ -198,12 +198,12 @@ def _dictionary(a: Loaded, ca: str, b: Loaded, cb: str, tol: Tolerances) -> dict
 def compare(a: Loaded, b: Loaded, tol: Tolerances = Tolerances()) -> dict:
     """The full comparison as a JSON-ready document (see module docstring)."""
     identical = a.meta["content_digest"] == b.meta["content_digest"]
-    ids_a = {_identity(a, c): cid for cid, c in a.metrics["cells"].items()}
-    ids_b = {_identity(b, c): cid for cid, c in b.metrics["cells"].items()}
+    ids_a = {_identity(a, c): cid for cid, c in a.metrics.cells.items()}
+    ids_b = {_identity(b, c): cid for cid, c in b.metrics.cells.items()}
     matched = []
     for ident in sorted(set(ids_a) & set(ids_b), key=lambda i: ids_a[i]):
         ca, cb = ids_a[ident], ids_b[ident]
-        metrics = _compare_numbers("", a.metrics["cells"][ca]["metrics"], b.metrics["cells"][cb]["metrics"], tol)
+        metrics = _compare_numbers("", a.metrics.cells[ca].metrics, b.metrics.cells[cb].metrics, tol)
         dictionary = _dictionary(a, ca, b, cb, tol)
         matched.append({"a": ca, "b": cb, "metrics": metrics, "dictionary": dictionary, "within": dictionary["within"] and all(m["within"] for m in metrics)})
     only_a = sorted(ids_a[i] for i in set(ids_a) - set(ids_b))
@@ -212,15 +212,15 @@ def compare(a: Loaded, b: Loaded, tol: Tolerances = Tolerances()) -> dict:
     analyses = []
     if not only_a and not only_b:
         rename = {ids_b[i]: ids_a[i] for i in ids_b}
-        la = a.metrics.get("analyses", {}).get("mmcs_larger", {})
-        lb = {rename.get(k, k): v for k, v in b.metrics.get("analyses", {}).get("mmcs_larger", {}).items()}
+        la = a.metrics.analyses.get("mmcs_larger", {})
+        lb = {rename.get(k, k): v for k, v in b.metrics.analyses.get("mmcs_larger", {}).items()}
         analyses += _compare_numbers("mmcs_larger:", {k: v["value"] for k, v in la.items()}, {k: v["value"] for k, v in lb.items()}, tol)
-        fa = a.metrics.get("analyses", {}).get("feature_count", {})
-        fb = b.metrics.get("analyses", {}).get("feature_count", {})
+        fa = a.metrics.analyses.get("feature_count", {})
+        fb = b.metrics.analyses.get("feature_count", {})
         analyses += _compare_numbers("feature_count:", {k: v["estimate"] for k, v in fa.items()}, {k: v["estimate"] for k, v in fb.items()}, tol)
     sources = []
-    for name in sorted(set(a.metrics.get("sources", {})) | set(b.metrics.get("sources", {}))):
-        sa, sb = a.metrics.get("sources", {}).get(name, {}), b.metrics.get("sources", {}).get(name, {})
+    for name in sorted(set(a.metrics.sources) | set(b.metrics.sources)):
+        sa, sb = a.metrics.sources.get(name, {}), b.metrics.sources.get(name, {})
         nums = lambda s: {k: v for k, v in s.items() if _number(v)}
         sources += _compare_numbers(f"{name}.", nums(sa), nums(sb), tol)
 

@@ -20,9 +20,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import shutil
-import uuid
 from importlib import resources
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +28,9 @@ from engine import features, figures, layout, metric_defs
 from engine import sources as source_kinds
 from engine.plan import sparsity_of
 from sae import base as sae_kinds
-from engine.bundle import META_FILE, fsync_dir, read_meta, verify
+from engine.bundle import replace_derived, verify
 from engine.errors import BundleError, shown, shown_path
-from engine.hashing import canonical_json, sha256_file, stable_json
+from engine.hashing import canonical_json
 
 REPORT_DIR = layout.REPORT_DIR
 HEADLINE = metric_defs.headline("report")
@@ -288,46 +285,10 @@ def rebuild(bundle: Path, log: Callable[[str], None] = lambda s: None) -> dict:
     configure_torch(plan.spec.run.threads)
     files = build(bundle, plan, metrics, load_corpora(bundle, plan, metrics), log)
 
-    new = bundle.parent / f".tmp-report-{bundle.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    old = new.with_name(new.name.replace(".tmp-report-", ".old-report-"))
-    meta_tmp = new.with_name(new.name.replace(".tmp-report-", ".tmp-meta-"))
-    current = bundle / REPORT_DIR
-    swapped = False  # report/ is the new one, bundle.json not yet
     try:
-        new.mkdir()
-        digests = {}
-        for name, data in files.items():
-            p = new / name
-            p.write_bytes(data)
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-            digests[f"{REPORT_DIR}/{name}"] = sha256_file(p)
-        fsync_dir(new)
-        kept = {k: h for k, h in meta["files"].items() if not k.startswith(REPORT_DIR + "/")}
-        meta_new = {**meta, "files": dict(sorted({**kept, **digests}.items()))}
-        meta_tmp.write_text(stable_json(meta_new), encoding="utf-8")
-        with open(meta_tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if current.exists():
-            os.rename(current, old)
-        os.rename(new, current)
-        swapped = True
-        os.replace(meta_tmp, bundle / META_FILE)
-        swapped = False
-        fsync_dir(bundle)
-    except BaseException as e:
-        if swapped:  # put the old report back under the old bundle.json
-            os.rename(current, new)
-        if old.exists() and not current.exists():
-            os.rename(old, current)
-        shutil.rmtree(new, ignore_errors=True)
-        meta_tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise BundleError(f"{shown_path(bundle)}: cannot write the new report ({e.strerror or e}); the old one is kept") from None
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    read_meta(bundle)
-    return meta_new
+        return replace_derived(bundle, meta, REPORT_DIR, files)
+    except OSError as e:
+        raise BundleError(f"{shown_path(bundle)}: cannot write the new report ({e.strerror or e}); the old one is kept") from None
 
 
 __all__ = ["build", "feature_lines", "load_corpora", "page", "rebuild"]

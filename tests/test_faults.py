@@ -47,7 +47,15 @@ def start(spec: Path, results: Path, *extra: str, hold: Path | None = None) -> s
     env = {k: v for k, v in os.environ.items() if k != HOLD_ENV}
     if hold is not None:
         env[HOLD_ENV] = f"1:{hold}"
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """A test run started in the background of a script (``cmd &``) ignores SIGINT, and the
+    ignoring is inherited: give the child the default, as a terminal's foreground job has, so
+    that Python installs its Ctrl-C handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finished_cells(results: Path) -> int:

@@ -154,11 +154,6 @@ class ReluL1(SAE):
         return cls.build(parts, [{"l1": v} for v in l1], decoder_bias, **options)
 
     @classmethod
-    def build(cls, weights, hyper, decoder_bias: bool = False, **options: str) -> ReluL1:
-        stacked = [torch.stack([w[i] for w in weights]) for i in range(3)]
-        return cls(*stacked, torch.tensor([float(h["l1"]) for h in hyper], dtype=torch.float32), decoder_bias, **options)
-
-    @classmethod
     def from_member_tensors(cls, tensors: list[dict[str, Tensor]], hyper) -> ReluL1:
         """Inverse of ``member_tensors``; ``hyper``: one ``{"l1": v}`` per member, or the l1 values."""
         if not isinstance(hyper, (list, tuple)) or not all(isinstance(h, dict) for h in hyper):

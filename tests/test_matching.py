@@ -10,14 +10,6 @@ import torch
 import sae.matching as matching
 from sae.matching import F1Counter, abs_cosine_cost, assign_latents, latent_f1, mcc
 
-try:
-    import scipy  # noqa: F401
-
-    HAVE_SCIPY = True
-except ImportError:  # scipy is needed by the one-to-one matching only
-    HAVE_SCIPY = False
-needs_scipy = pytest.mark.skipif(not HAVE_SCIPY, reason="scipy not installed (mcc / hungarian need it)")
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -39,7 +31,6 @@ def atoms_with_cosines(cos: list[list[float]]) -> tuple[torch.Tensor, torch.Tens
 
 
 # ----------------------------------------------------------------------------- MCC
-@needs_scipy
 def test_hungarian_differs_from_greedy():
     # |cos|: feature 0 likes atom 0 best (0.7), feature 1 too (0.6). Greedy (feature 0 first)
     # gives 0.7 + 0.1; per-feature argmax uses atom 0 twice; the one-to-one optimum is
@@ -56,7 +47,6 @@ def test_hungarian_differs_from_greedy():
     assert assign_latents(features, atoms, rule="hungarian").tolist() == [1, 0]
 
 
-@needs_scipy
 def test_mcc_three_by_three_hand_value():
     # Greedy by largest entry picks (0,0)=0.8, then (1,1)=0.5, then (2,2)=0.1: 1.4. Enumerating
     # the 6 permutations, the optimum is f0->a2 (0.5), f1->a0 (0.55), f2->a1 (0.5): 1.55.
@@ -72,7 +62,6 @@ def test_mcc_three_by_three_hand_value():
     assert out["feature_to_atom"].tolist() == [2, 0, 1]
 
 
-@needs_scipy
 def test_mcc_fewer_atoms_than_features():
     # n = 3 features, m = 2 atoms: only 2 pairs are matched and averaged; feature 2 is unmatched.
     features, atoms = atoms_with_cosines([[0.95, 0.0], [0.0, 0.5], [0.2, 0.6]])
@@ -85,7 +74,6 @@ def test_mcc_fewer_atoms_than_features():
     assert out["matched_0.9"] == 1 and out["matched_0.9_frac"] == pytest.approx(1 / 3)
 
 
-@needs_scipy
 def test_mcc_more_atoms_than_features():
     features, atoms = atoms_with_cosines([[0.3, -0.92, 0.1], [0.9, 0.2, 0.91]])
     out = mcc(features, atoms, threshold=0.905)
@@ -99,7 +87,6 @@ def test_mcc_more_atoms_than_features():
     assert assign_latents(features, atoms).tolist() == [1, 0, 1]
 
 
-@needs_scipy
 def test_mcc_permuted_copy_is_one_and_invariant_to_scale_sign():
     g = torch.Generator().manual_seed(0)
     f = torch.randn(20, 8, generator=g)
@@ -112,7 +99,6 @@ def test_mcc_permuted_copy_is_one_and_invariant_to_scale_sign():
     assert torch.equal(perm[out["feature_to_atom"]], torch.arange(20))
 
 
-@needs_scipy
 def test_mcc_zero_row_and_shape_errors():
     out = mcc(torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 1.0]]))
     assert out["feature_to_atom"].tolist() == [-1, 0]
@@ -123,7 +109,6 @@ def test_mcc_zero_row_and_shape_errors():
         mcc(torch.zeros(0, 3), torch.zeros(2, 3))
 
 
-@needs_scipy
 def test_cost_blocks_equal_dense_and_determinism(monkeypatch):
     g = torch.Generator().manual_seed(1)
     f, a = torch.randn(13, 5, generator=g), torch.randn(29, 5, generator=g)
@@ -200,7 +185,6 @@ def test_latent_f1_feature_never_active_and_no_live_latents():
     assert dead["n_live"] == 0 and math.isnan(dead["f1_mean"]) and dead["f1_mean_all"] == 0.0
 
 
-@needs_scipy
 def test_latent_f1_chunks_and_mcc_dict():
     g = torch.Generator().manual_seed(3)
     n, m, N = 6, 9, 101

@@ -62,7 +62,7 @@ from engine.hashing import PROJECT, sha256_bytes, sha256_file, stable_json, tagg
 from engine.lm.activations import ce_recovered
 from engine.lm.corpus import CorpusError, load_corpus
 from engine.sources.base import Cost, SourceKind
-from engine.sources.lm import LMSourceData
+from engine.sources.lm import LMSourceData, check_corpus
 from engine.sweep import values_of
 
 ACTS_KEY_VERSION = f"{PROJECT}/hf-acts/v1"
@@ -414,13 +414,7 @@ class HFModelKind(SourceKind):
 
     @staticmethod
     def check(config, path: tuple) -> list[tuple[tuple, str]]:
-        out = []
-        c = config.corpus
-        given = [k for k in ("builtin", "hf", "files") if getattr(c, k) is not None]
-        if len(given) != 1:
-            out.append((path + ("corpus",), f"give exactly one of builtin, hf or files (got {', '.join(given) or 'none'})"))
-        if c.files is not None and not c.files:
-            out.append((path + ("corpus", "files"), "expected at least one file"))
+        out = check_corpus(config.corpus, path + ("corpus",))
         try:
             cfg = read_config(config.path)
         except hf_model.HFModelError as e:

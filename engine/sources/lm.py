@@ -223,6 +223,17 @@ def lm_params(model: schema.LMModelSpec, vocab: int) -> int:
 LM_FLOPS_PER_S = 10e9  # calibrated on the 2-core reference machine (engine.budget)
 
 
+def check_corpus(c: schema.CorpusSpec, path: tuple) -> list[tuple[tuple, str]]:
+    """Exactly one of builtin, hf or files, and a non-empty file list (every corpus-reading kind)."""
+    out = []
+    given = [k for k in ("builtin", "hf", "files") if getattr(c, k) is not None]
+    if len(given) != 1:
+        out.append((path, f"give exactly one of builtin, hf or files (got {', '.join(given) or 'none'})"))
+    if c.files is not None and not c.files:
+        out.append((path + ("files",), "expected at least one file"))
+    return out
+
+
 class LMKind(SourceKind):
     kind = "lm"
     spec = schema.LMSource
@@ -238,13 +249,7 @@ class LMKind(SourceKind):
 
     @staticmethod
     def check(config, path: tuple) -> list[tuple[tuple, str]]:
-        out = []
-        c = config.corpus
-        given = [k for k in ("builtin", "hf", "files") if getattr(c, k) is not None]
-        if len(given) != 1:
-            out.append((path + ("corpus",), f"give exactly one of builtin, hf or files (got {', '.join(given) or 'none'})"))
-        if c.files is not None and not c.files:
-            out.append((path + ("corpus", "files"), "expected at least one file"))
+        out = check_corpus(config.corpus, path + ("corpus",))
         m = config.model
         for d in values_of(m.d_model):
             bad = [h for h in values_of(m.n_heads) if d % h]

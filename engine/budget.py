@@ -48,6 +48,7 @@ class Estimate:
     sae_s: float  # SAE training, data generation included
     lm_s: float  # training the LMs of LM sources
     cells: int
+    stop_rule: bool = False  # some cells train to convergence: counted at max_steps, an upper bound
 
     @property
     def total_s(self) -> float:
@@ -55,9 +56,11 @@ class Estimate:
 
     def line(self) -> str:
         lm = f" + {human(self.lm_s)} LM training" if self.lm_s else ""
+        bound = "at most " if self.stop_rule else ""
+        capped = "; cells with a stop rule counted at max_steps" if self.stop_rule else ""
         return (
-            f"estimated time: {human(self.total_s)} ({cells(self.cells)}: {human(self.sae_s)} SAE training{lm}; "
-            f"single process at {SAE_FLOPS_PER_S / 1e9:g} GFLOP/s)"
+            f"estimated time: {bound}{human(self.total_s)} ({cells(self.cells)}: {human(self.sae_s)} SAE training{lm}; "
+            f"single process at {SAE_FLOPS_PER_S / 1e9:g} GFLOP/s{capped})"
         )
 
 
@@ -101,7 +104,7 @@ def estimate(plan: Plan) -> Estimate:
                 continue
             models.add(cost.model_identity)
             lm_s += cost.model_seconds
-    return Estimate(sae_s, lm_s, len(plan.cells))
+    return Estimate(sae_s, lm_s, len(plan.cells), any(c.sae.stop is not None for c in plan.cells))
 
 
 def check(plan: Plan, force: bool = False, where: str | None = None) -> Estimate:

@@ -18,7 +18,9 @@ Claims (the seed's, see ``MISSION.md``; the interim report's for the toy grid):
   Spearman rank correlations of the dead fraction with m and with l1 over the toy cells;
   reproduced when both are > 0.
 - ``lm_features``: the LM layer holds 512-1,024 features (``feature_count``); refuted
-  outside the range, inconclusive while the count is still rising at the largest size.
+  outside the range, inconclusive while the count is still rising at the largest size. Its
+  ``calibration`` lists the same rule's error on every source with planted features in the
+  plan (estimate - planted, and relative), the rule's bias where the truth is known.
 - ``toy_lm_alike``: toy and LM similarity-to-larger and dead-fraction curves look alike: the
   mean absolute difference of ``mmcs_larger`` and of the dead fraction between the toy and
   the LM source at equal (l1, m) are both <= 0.1.
@@ -68,6 +70,21 @@ def _entry(cid: str, statement: str, metric: str, value, holds: bool | None, cel
     return out
 
 
+def _calibration(feature_count: dict, toys: list[str], planted: dict) -> list[dict]:
+    """The feature-count rule's error on each source with planted features that it ran on:
+    ``{source, planted, estimate, error, relative_error, saturated}`` with error = estimate -
+    planted, so an LM estimate can be read with the rule's bias at the same settings."""
+    out = []
+    for source in toys:
+        fc = feature_count.get(source)
+        if fc is None or not planted.get(source):
+            continue
+        error = fc["estimate"] - planted[source]
+        out.append({"source": source, "planted": planted[source], "estimate": fc["estimate"], "error": error,
+                    "relative_error": error / planted[source], "saturated": fc["saturated"]})
+    return out
+
+
 def _spearman(xs: list[float], ys: list[float]) -> float | None:
     from scipy.stats import spearmanr
 
@@ -112,6 +129,7 @@ def evaluate(plan, cells_meta: dict, cross: dict, curves: dict[str, dict]) -> li
                     "Spearman correlation of dead_frac with m and with the sparsity knob", {"m": by_m, "sparsity": by_l1}, holds, cells_meta, dead,
                 ))
 
+    calibration = _calibration(cross.get("feature_count", {}), toys, planted)
     for source in lms:
         fc = cross.get("feature_count", {}).get(source)
         if fc is not None:
@@ -119,10 +137,15 @@ def evaluate(plan, cells_meta: dict, cross: dict, curves: dict[str, dict]) -> li
             lo, hi = FEATURES_RANGE
             inside = lo <= fc["estimate"] <= hi
             holds = None if not fc["saturated"] and fc["estimate"] <= hi else inside
-            out.append(_entry(
+            entry = _entry(
                 f"lm_features[{source}]", f"the layer holds {lo}-{hi} features ({source})", "feature_count estimate", fc["estimate"], holds, cells_meta, ids,
                 undecided="the count is still rising at the largest dictionary: a lower bound",
-            ))
+            )
+            if calibration:
+                entry["calibration"] = calibration
+                bias = "; ".join(f"on {c['source']} the rule says {c['estimate']} for {c['planted']} planted ({c['error']:+d}, {c['relative_error']:+.1%}{'' if c['saturated'] else ', still rising'})" for c in calibration)
+                entry["note"] = (entry["note"] + "; " if entry.get("note") else "") + "rule checked where the truth is known: " + bias
+            out.append(entry)
 
     compared = cross.get("toy_vs_lm")
     if compared and compared.get("rows"):

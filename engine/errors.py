@@ -34,8 +34,8 @@ def shown(value: Any, limit: int | None = SHOWN_LIMIT, quote: bool = True) -> st
     if limit is None or len(out) <= limit:
         return out
     keep = len(text)
-    while len(out) > limit and keep > 2:
-        keep = max(2, min(keep - 1, keep * limit // len(out)))
+    while len(out) > limit and keep > 0:  # down to a bare ellipsis: one character may render as 10
+        keep = max(0, min(keep - 1, keep * limit // len(out)))
         front = keep * 2 // 3
         out = render(text[:front] + "\u2026" + text[len(text) - (keep - front) :])
     return f"{out} ({len(text)} chars)"

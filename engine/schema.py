@@ -248,9 +248,11 @@ class StopSpec:
     mean training loss over the last window is compared with the previous window's, and it
     stops when they differ by at most ``rel_tol`` of the previous (``metric: loss``); with
     ``metric: mmcs_truth`` (sources with planted features) when the recall MMCS rose by less
-    than ``rel_tol`` (absolute) over the last window. At most ``max_steps`` steps."""
+    than ``rel_tol`` (absolute) over the last window; with ``metric: eval_loss`` when the
+    objective on the fixed evaluation set improved by at most ``rel_tol`` of its previous
+    value (no sampling noise: the set never changes). At most ``max_steps`` steps."""
 
-    metric: Literal["loss", "mmcs_truth"] = "loss"
+    metric: Literal["loss", "mmcs_truth", "eval_loss"] = "loss"
     rel_tol: Annotated[float, Gt(0), Le(1)] = 1e-3
     window: PosInt = 500
     max_steps: Annotated[int, Ge(1), Le(10_000_000)] = 50_000

@@ -24,7 +24,7 @@ from sae import base as sae_kinds
 from sae.init import init_weights
 from sae.metrics import evaluate
 from sae.recipes import Recipe
-from sae.stopping import StopRule, mmcs_truth_metric
+from sae.stopping import StopRule, eval_loss_metric, mmcs_truth_metric
 from sae.train import NonFiniteLoss, train, train_members
 
 MAX_GROUP_PARAMS = 1 << 24  # members of a batched group hold at most this many weights together
@@ -168,6 +168,14 @@ def _train_members(cells: list[Cell], model, batches, device, eval_x, truth, pla
         evaluate=lambda m: evaluate(m, eval_x, truth),
         curve_every=plan.spec.eval.curve_every,
         on_step=on_step,
-        stop_metric=mmcs_truth_metric(truth) if stop is not None and stop.metric == "mmcs_truth" else None,
+        stop_metric=_stop_metric(stop, truth, eval_x),
         resample_generators=resample,
     )
+
+
+def _stop_metric(stop: StopRule | None, truth, eval_x):
+    """The stop rule's per-member callback: MMCS with the truth, or the objective on the
+    evaluation set (used only to decide when to stop, never to choose among cells)."""
+    if stop is None or stop.metric == "loss":
+        return None
+    return mmcs_truth_metric(truth) if stop.metric == "mmcs_truth" else eval_loss_metric(eval_x)

@@ -11,7 +11,18 @@ has converged at s when
 
     |prev - cur| <= rel_tol * |prev|
 
-The first possible check is therefore at s = 2 window.
+The first possible check is therefore at s = 2 window. Fresh batches make this windowed mean
+noisy (on batch-correlated toy data its window-to-window jitter is of the order of 1e-3), so a
+small ``rel_tol`` can stop a member on noise while its dictionary is still improving.
+
+``metric="eval_loss"``: the member's training objective (``member_losses(x)['loss']`` at the
+full sparsity penalty) on one fixed held-out set, the trainer's ``stop_metric(model)``
+(``eval_loss_metric(x)``), evaluated before the first update and at every boundary. The set
+does not change, so the comparison has no sampling noise. The member has converged at s when
+
+    prev - cur <= rel_tol * |prev|        (prev = metric(s - window), cur = metric(s))
+
+that is, it improved by at most ``rel_tol`` of the previous value (a rise stops it too).
 
 ``metric="mmcs_truth"``: the trainer's ``stop_metric(model)`` callback (one value per member of
 the current ensemble, e.g. ``mmcs_truth_metric(features)``) is evaluated before the first update
@@ -26,7 +37,7 @@ drop counts as "improved by less" and stops the member). A NaN never converges.
 Warm-ups: while the L1 coefficient or the learning rate is still warming up the loss is not
 comparable from window to window, so a check at s is made only when the earlier of the two
 compared windows starts after both warm-ups: s - 2 window >= warmup ("loss"), or
-s - window >= warmup ("mmcs_truth"), warmup = max(l1_warmup_steps, lr_warmup_steps).
+s - window >= warmup ("mmcs_truth", "eval_loss"), warmup = max(l1_warmup_steps, lr_warmup_steps).
 
 A member that has not converged stops at ``max_steps`` (reason ``"max_steps"``); a convergence
 at the boundary s = max_steps is reported as ``"converged"``.
@@ -44,9 +55,10 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .base import SAE
 
-__all__ = ["STOP_METRICS", "StopRule", "WindowJudge", "mmcs_truth_metric"]
+__all__ = ["STOP_METRICS", "StopRule", "WindowJudge", "eval_loss_metric", "mmcs_truth_metric"]
 
-STOP_METRICS = ("loss", "mmcs_truth")
+STOP_METRICS = ("loss", "mmcs_truth", "eval_loss")
+CALLBACK_METRICS = ("mmcs_truth", "eval_loss")  # judged on the trainer's stop_metric(model)
 
 
 def _positive_int(name: str):
@@ -66,9 +78,10 @@ def _rel_tol(_instance, _attribute, value):
 class StopRule:
     """Stop each member at the first window boundary where it has converged, else at max_steps.
 
-    - ``metric``: ``"loss"`` (the member's windowed mean training loss, relative change) or
-      ``"mmcs_truth"`` (a per-member metric callback, absolute improvement); see the module
-      docstring for the exact tests.
+    - ``metric``: ``"loss"`` (the member's windowed mean training loss, relative change),
+      ``"mmcs_truth"`` (a per-member metric callback, absolute improvement) or
+      ``"eval_loss"`` (the objective on a fixed held-out set, a callback, relative
+      improvement); see the module docstring for the exact tests.
     - ``rel_tol``: the tolerance (relative for ``"loss"``, absolute for ``"mmcs_truth"``).
     - ``window``: updates per window; checks run at multiples of it.
     - ``max_steps``: the most updates any member gets.
@@ -92,9 +105,10 @@ class WindowJudge:
         self.metric_fn = metric_fn
         self.prev: Tensor | None = None
         self.sum = torch.zeros(n_members, dtype=torch.float64)
-        if rule.metric == "mmcs_truth":
+        if rule.metric in CALLBACK_METRICS:
             if metric_fn is None:
-                raise ValueError("StopRule(metric='mmcs_truth') needs a stop_metric callback (e.g. sae.stopping.mmcs_truth_metric(features))")
+                hint = "mmcs_truth_metric(features)" if rule.metric == "mmcs_truth" else "eval_loss_metric(x)"
+                raise ValueError(f"StopRule(metric={rule.metric!r}) needs a stop_metric callback (e.g. sae.stopping.{hint})")
             self.prev = self._metric(model, n_members)
 
     def _metric(self, model: SAE, n: int) -> Tensor:
@@ -125,6 +139,8 @@ class WindowJudge:
         prev, self.prev = self.prev, cur
         if s - w < self.warmup:
             return torch.zeros(cur.shape[0], dtype=torch.bool)
+        if self.rule.metric == "eval_loss":
+            return (prev - cur) <= tol * prev.abs()
         return (cur - prev) < tol
 
     def keep(self, idx: Tensor) -> None:
@@ -142,5 +158,23 @@ def mmcs_truth_metric(features: Tensor) -> Callable[[SAE], Tensor]:
     def metric(model: SAE) -> Tensor:
         feats = features.to(model.W_dec.device)
         return torch.tensor([mmcs(feats, model.atoms(e)) for e in range(model.n_members)], dtype=torch.float64)
+
+    return metric
+
+
+def eval_loss_metric(x: Tensor, chunk: int = 4096) -> Callable[[SAE], Tensor]:
+    """A ``stop_metric`` for ``metric="eval_loss"``: member by member, the training objective
+    ``member_losses(x)['loss']`` (full sparsity penalty) on the fixed held-out set x [N, d],
+    averaged over chunks of ``chunk`` rows weighted by their size (float64 [E])."""
+
+    def metric(model: SAE) -> Tensor:
+        out = []
+        for e in range(model.n_members):
+            total = 0.0
+            for i in range(0, x.shape[0], chunk):
+                part = x[i : i + chunk]
+                total += float(model.member_losses(model.member_input(part, e), e)["loss"]) * part.shape[0]
+            out.append(total / x.shape[0])
+        return torch.tensor(out, dtype=torch.float64)
 
     return metric

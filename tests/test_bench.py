@@ -25,6 +25,8 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
         ("sweep.py", ["batched", "one after another", "speed-up"]),
         ("datagen.py", ["generate (batch)", "M samples/s", "SAE step"]),
         ("e2e.py", ["specs/toy_quick.yaml", "cache hit"]),
+        ("stop_rule.py", ["MMCS at the end", "loss, window 2000", "mmcs_truth, window 500"]),
+        ("grid.py", ["FLOP floor", "wall time", "converged", "full grid, projected"]),
     ],
 )
 def test_benchmark_runs(script, expect):

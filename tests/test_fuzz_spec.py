@@ -194,6 +194,7 @@ def test_raw_override_texts(sets, raw):
 
 @given(st.text() | nasty | st.integers() | st.binary(max_size=40), st.integers(10, 200), st.booleans())
 @example("\n", 80, True)
+@example("\x1f" + "0" * 98 + "\U00018d09", 10, False)  # both ends escape to 4 and 10 characters
 def test_shown_is_one_short_line(value, limit, quote):
     from engine.errors import shown
 

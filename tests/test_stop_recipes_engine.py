@@ -30,7 +30,7 @@ def spec(l1="[0.03, 0.3]", metric="loss", train=""):
     return load_spec_text(SPEC.replace("L1", l1).replace("METRIC", metric).replace("TRAIN", train), "s.yaml")
 
 
-@pytest.mark.parametrize("metric", ["loss", "mmcs_truth"])
+@pytest.mark.parametrize("metric", ["loss", "mmcs_truth", "eval_loss"])
 def test_stop_is_recorded_and_a_cell_stops_alone_as_in_its_sweep(metric, tmp_path):
     swept = run(make_plan(spec(metric=metric)), tmp_path / "a")
     metrics = layout.read_metrics(swept.path)
@@ -91,3 +91,13 @@ def test_mmcs_truth_stop_needs_planted_features():
     with pytest.raises(SpecError) as e:
         load_spec_text(text, "s.yaml")
     assert any("mmcs_truth needs planted features, and source 'lm' (lm) has none" in line for line in e.value.lines())
+
+
+def test_estimate_of_a_stop_rule_plan_is_an_upper_bound():
+    from engine import budget
+
+    stopped = budget.estimate(make_plan(spec()))
+    fixed = budget.estimate(make_plan(load_spec_text(SPEC.replace("stop: {metric: METRIC, rel_tol: 0.02, window: 40, max_steps: 400}TRAIN", "steps: 400").replace("L1", "[0.03, 0.3]"), "s.yaml")))
+    assert stopped.line().startswith("estimated time: at most ") and "counted at max_steps" in stopped.line()
+    assert fixed.line().startswith("estimated time: ") and "at most" not in fixed.line()
+    assert stopped.sae_s == pytest.approx(fixed.sae_s)  # max_steps 400 costs what 400 fixed steps cost

@@ -5,7 +5,7 @@ import torch
 
 from sae import ReluL1, evaluate, init_weights
 from sae.recipes import RECIPES, Recipe, build_relu_l1, lr_factor, recipe, sparsity_scale
-from sae.stopping import StopRule, WindowJudge, mmcs_truth_metric
+from sae.stopping import StopRule, WindowJudge, eval_loss_metric, mmcs_truth_metric
 from sae.train import _clip_grad_per_member_, _keep_members_, resample_dead_, train, train_members
 
 
@@ -366,6 +366,33 @@ def test_mmcs_rule_hand_sequence_and_removal_slices_buffers():
     _, feats = planted_stream(8, 4, 16, 1, seed=0)
     two = ReluL1.from_init("orthogonal", 8, 8, [0.1, 0.2], gens(0, 1))
     assert mmcs_truth_metric(feats)(two).tolist() == evaluate(two, data[0], feats)["mmcs_truth"].tolist()
+
+
+def test_eval_loss_rule_hand_sequence_relative_improvement():
+    # window 5, tolerance 0.1 relative: converged when prev - cur <= 0.1 * prev
+    seqs = {0.1: [1.0, 0.5, 0.46, 0.3, 0.2], 0.2: [1.0, 0.95, 0.5, 0.4, 0.3], 0.3: [1.0, 0.5, 0.2, 0.1, 0.05]}
+    calls = []
+
+    def metric(model):
+        k = len(calls)
+        calls.append(k)
+        return torch.tensor([seqs[round(v, 6)][k] for v in model.l1.tolist()])
+
+    data, _ = planted_stream(8, 4, 16, 20, seed=0)
+    model = ReluL1.from_init("orthogonal", 8, 8, [0.1, 0.2, 0.3], gens(0, 1, 2))
+    res = train_members(model, lambda s: data[s], 1e-3, stop=StopRule("eval_loss", 0.1, 5, 20), stop_metric=metric)
+    # l1 0.1: 0.5 -> 0.46 improves by 0.04 <= 0.05 at s=10; l1 0.2: 1.0 -> 0.95 at s=5 (a rise
+    # would stop it too); l1 0.3 keeps halving to max_steps
+    assert res.stops == [{"step": 10, "reason": "converged"}, {"step": 5, "reason": "converged"}, {"step": 20, "reason": "max_steps"}]
+    with pytest.raises(ValueError, match="eval_loss_metric"):
+        train_members(model, lambda s: data[s], 1e-3, stop=StopRule("eval_loss", 0.1, 5, 20))
+    # the real helper: each member's objective on the held-out set, whatever the chunking
+    two = ReluL1.from_init("orthogonal", 8, 8, [0.1, 0.2], gens(0, 1))
+    x = data[0]
+    with torch.no_grad():
+        expect = [float(two.member_losses(x, e)["loss"]) for e in range(2)]
+    assert eval_loss_metric(x)(two).tolist() == pytest.approx(expect, rel=1e-12)
+    assert eval_loss_metric(x, chunk=5)(two).tolist() == pytest.approx(expect, rel=1e-6)
 
 
 def test_removed_members_keep_their_bytes():

@@ -15,7 +15,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from engine import analyses, layout
+from engine import analyses, diff, export, layout
 from engine.cli import ranking_lines, sae_run, summary_table
 from engine.errors import SpecError
 from engine.plan import make_plan
@@ -212,6 +212,13 @@ def test_two_kinds_end_to_end_bundle_report_and_bytes(tmp_path):
     assert table[0].split()[:4] == ["cell", "kind", "m", "k/l1"]
     assert any(line.startswith("kind_ranking[toy, m=12] explained_variance") for line in table)
     assert {c["id"] for c in metrics.claims if c["id"].startswith("dead_rise")} <= {"dead_rise[toy, relu_l1]", "dead_rise[toy, topk]"}
+    # sae-diff: identical, the ranking compared too; sae-export: every cell in its kind's format
+    doc = diff.compare(diff.load(first.path), diff.load(again.path))
+    assert doc["verdict"] == "identical"
+    assert any(m["name"].startswith("kind_ranking:toy m=12 mcc ") for m in doc["analyses"])
+    written = export.export(first.path, tmp_path / "out")
+    cfgs = [json.loads((p / "cfg.json").read_text()) for p in written]
+    assert sorted(c["architecture"] for c in cfgs) == ["standard", "standard", "topk", "topk"]
 
 
 def test_two_kinds_through_the_cli_dry_run(tmp_path):

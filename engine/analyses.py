@@ -18,6 +18,10 @@ at that l1. A source's estimate is the largest over its series; ``range`` spans 
 estimates. On toy sources the planted ``n_features`` is printed beside it, so the rule is
 checked where the truth is known (rare features may be unlearnt in a short run, so the
 estimate is a lower bound there).
+
+``kind_ranking`` (several SAE kinds in a plan, or listed in ``analyses``): per source and
+dictionary size, the kinds compared at matched L0 on MCC, latent F1 and explained variance
+(``RANKING_RULE``; :func:`kind_ranking`).
 """
 
 from __future__ import annotations

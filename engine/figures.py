@@ -225,6 +225,14 @@ def _per_kind(source: str, cells: dict) -> list[tuple[str, str, dict]]:
     return [(f"{source}_{k}", f"{source} ({k})", {cid: c for cid, c in cells.items() if c.sae["kind"] == k}) for k in kinds]
 
 
+def _two_and_five(v: float, _pos=None) -> str:
+    """A minor tick label of a log axis: only at 2 and 5 times a power of ten."""
+    if v <= 0:
+        return ""
+    lead = v / 10 ** np.floor(np.log10(v))
+    return f"{v:g}" if abs(lead - 2) < 1e-6 or abs(lead - 5) < 1e-6 else ""
+
+
 RANKED_TITLES = {"mcc": "MCC (one-to-one matching)", "f1": "latent F1", "explained_variance": "explained variance (1 - FVU)"}
 
 
@@ -254,9 +262,8 @@ def kinds_figure(ranking: dict) -> bytes:
                 ax.axvspan(lo, hi, color="0.85", zorder=0)
                 ax.plot(result["grid"], [0] * len(result["grid"]), "|", color="0.3", ms=8, transform=ax.get_xaxis_transform())
             ax.set_xscale("log")
-            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-            ax.xaxis.set_major_formatter(plain)
-            ax.xaxis.set_minor_formatter(plain)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_two_and_five))
             ax.tick_params(axis="x", which="minor", labelsize=6)
             ax.set_xlabel("L0 (mean active codes per sample)")
             ax.set_ylabel(name)

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine import analyses, diff, export, layout
+from engine import report as report_mod
 from engine.cli import ranking_lines, sae_run, summary_table
 from engine.errors import SpecError
 from engine.plan import make_plan
@@ -216,6 +217,8 @@ def test_two_kinds_end_to_end_bundle_report_and_bytes(tmp_path):
     doc = diff.compare(diff.load(first.path), diff.load(again.path))
     assert doc["verdict"] == "identical"
     assert any(m["name"].startswith("kind_ranking:toy m=12 mcc ") for m in doc["analyses"])
+    rebuilt = report_mod.rebuild(again.path)  # sae-report: the same report bytes
+    assert {k: v for k, v in rebuilt["files"].items() if k.startswith("report/")} == {k: v for k, v in meta_a["files"].items() if k.startswith("report/")}
     written = export.export(first.path, tmp_path / "out")
     cfgs = [json.loads((p / "cfg.json").read_text()) for p in written]
     assert sorted(c["architecture"] for c in cfgs) == ["standard", "standard", "topk", "topk"]
@@ -237,3 +240,30 @@ def test_a_single_kind_bundle_has_no_ranking_unless_asked(tmp_path):
     metrics = layout.read_metrics(run(make_plan(load_spec_text(asked, "o.yaml")), tmp_path / "b").path)
     (entry,) = metrics.analyses["kind_ranking"]["toy"]["comparisons"]
     assert entry["metrics"]["explained_variance"]["ranking"] == ["topk"]
+
+
+def test_the_architectures_spec_runs_every_kind_on_every_source():
+    from pathlib import Path
+
+    from engine import budget, schema
+    from engine import sources as source_kinds
+
+    plan = make_plan(load_spec_text((Path(__file__).parent.parent / "specs" / "architectures.yaml").read_text(), "specs/architectures.yaml"))
+    assert {(c.source.name, c.sae.kind) for c in plan.cells} == {(s, k) for s in ("toy", "lm", "synth") for k in schema.SAE_KINDS}
+    assert all(c.sae.stop is not None and c.sae.m == 256 for c in plan.cells)
+    assert {"mcc", "latent_f1", "kind_ranking"} <= set(plan.spec.analyses)
+    assert {sp.name for sp in plan.sources if source_kinds.of(sp.config).has_truth} == {"toy", "synth"}
+    budget.check(plan, force=False, where="specs/architectures.yaml")  # well under the limit
+
+
+def test_the_architectures_lm_source_is_toy_vs_lms():
+    """README: the LM layer of toy_vs_lm, the same LM (its cache shared at equal threads)."""
+    from pathlib import Path
+
+    from engine.sources.lm import lm_identity
+    from engine.spec import load_spec
+
+    specs = Path(__file__).parent.parent / "specs"
+    arch, tvl = load_spec(specs / "architectures.yaml"), load_spec(specs / "toy_vs_lm.yaml")
+    assert arch.sources["lm"] == tvl.sources["lm"]
+    assert lm_identity(arch, arch.sources["lm"]) == lm_identity(tvl, tvl.sources["lm"])

@@ -186,7 +186,9 @@ def resolve_device(requested: str) -> str:
 
 def make_plan(spec: schema.Spec) -> Plan:
     """Expand ``spec`` into cells. ``run.device: auto`` is resolved here, so a cell's key
-    names the device that computes it."""
+    names the device that computes it. With several SAE blocks (``sae:`` a list) each block's
+    points (``points(spec, block)``) are planned in block order; a cell two blocks plan (same
+    key: the key never names the block) is planned once."""
     spec = attrs.evolve(spec, run=attrs.evolve(spec.run, device=resolve_device(spec.run.device)))
     problems: list[tuple[tuple, str]] = []
     sources: dict[str, SourcePlan] = {}

@@ -99,6 +99,8 @@ def test_zip_groups_stay_within_one_block():
     ok = load_spec_text(TWO.replace("dict_size: 12, k: [1, 3]", "dict_size: [12, 24], k: [1, 3]") + 'zip: [["sae[1].dict_size", "sae[1].k"]]\n', "z.yaml")
     plan = make_plan(ok)
     assert [(c.sae.m, c.sae.hyper.get("k")) for c in plan.cells if c.sae.kind == "topk"] == [(12, 1), (24, 3)]
+    again = load_spec_text(dump_spec(ok), "r.yaml")  # the bracketed paths survive the resolved spec
+    assert again == ok and spec_hash(again) == spec_hash(ok)
     assert errors(TWO + 'zip: [["sae[0].l1", "sae[1].k"]]\n') == ["b.yaml:10:7: zip[0]: a zip group stays within one SAE block; this one has sae[0] and sae[1]"]
     lines = errors(TWO + 'zip: [["sae.l1", "sae[1].k"]]\n')
     assert "b.yaml:10:8: zip[0][0]: 'sae.l1' is not a swept field (swept: sae[0].l1, sae[1].k)" in lines

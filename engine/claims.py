@@ -16,7 +16,8 @@ Claims (the seed's, see ``MISSION.md``; the interim report's for the toy grid):
   when fewer than three). Value: the best such MMCS.
 - ``dead_rise``: dead atoms rise with the dictionary ratio and with l1 (toy data). Value: the
   Spearman rank correlations of the dead fraction with m and with l1 over the toy cells;
-  reproduced when both are > 0.
+  reproduced when both are > 0. With several SAE kinds, one claim per kind
+  (``dead_rise[toy, topk]``), each over that kind's cells and knob.
 - ``lm_features``: the LM layer holds 512-1,024 features (``feature_count``); refuted
   outside the range, inconclusive while the count is still rising at the largest size. Its
   ``calibration`` lists the same rule's error on every source with planted features in the
@@ -37,7 +38,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from engine import sources as source_kinds
-from engine.plan import sparsity_of
+from engine.plan import kinds_of, sparsity_of
 
 MMCS_TARGET = 0.99
 FEATURES_RANGE = (512, 1024)
@@ -116,16 +117,20 @@ def evaluate(plan, cells_meta: dict, cross: dict, curves: dict[str, dict]) -> li
                 f"toy_mmcs[{source}]", f"MMCS with the truth reaches {MMCS_TARGET} at dictionary ratio >= 1 for intermediate l1 ({source})",
                 "max mmcs_truth over those cells", best, best >= MMCS_TARGET, cells_meta, rest,
             ))
-        dead = [c for c in by_source[source] if "dead_frac" in cells_meta[c]["metrics"]]
-        if len(dead) >= 3:
+        kinds = kinds_of(cells_meta[c]["sae"] for c in by_source[source])
+        for kind in kinds:  # one claim per kind: each kind's own knob (a k and an l1 do not mix)
+            dead = [c for c in by_source[source] if "dead_frac" in cells_meta[c]["metrics"] and cells_meta[c]["sae"]["kind"] == kind]
+            if len(dead) < 3:
+                continue
             knob = lambda c: sparsity_of(cells_meta[c]["sae"])[1]
             frac = [cells_meta[c]["metrics"]["dead_frac"] for c in dead]
             by_m = _spearman([cells_meta[c]["sae"]["m"] for c in dead], frac)
             by_l1 = _spearman([knob(c) for c in dead], frac)
             if by_m is not None or by_l1 is not None:
                 holds = all(r is not None and r > 0 for r in (by_m, by_l1))
+                where = source if len(kinds) == 1 else f"{source}, {kind}"
                 out.append(_entry(
-                    f"dead_rise[{source}]", f"dead atoms rise with dictionary size and with the sparsity coefficient ({source})",
+                    f"dead_rise[{where}]", f"dead atoms rise with dictionary size and with the sparsity coefficient ({where})",
                     "Spearman correlation of dead_frac with m and with the sparsity knob", {"m": by_m, "sparsity": by_l1}, holds, cells_meta, dead,
                 ))
 

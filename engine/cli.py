@@ -12,7 +12,7 @@ import click
 
 from engine import layout, metric_defs
 from engine.errors import UserError, one_line, shown_path
-from engine.plan import sparsity_of
+from engine.plan import kind_order, kinds_of, sparsity_of
 
 EXIT_INTERRUPTED = 130
 
@@ -40,11 +40,16 @@ def summary_table(metrics: dict) -> list[str]:
     columns = metric_defs.headline("table")
     larger = metrics.analyses.get("mmcs_larger", {})
     axis = "/".join(sorted({sparsity_of(c.sae)[0] for c in metrics.cells.values()})) or "l1"
-    rows = [["cell", "m", axis] + [c for c in columns if any(c in cell.metrics for cell in metrics.cells.values())] + (["mmcs_larger"] if larger else [])]
-    shown = rows[0][3:]
-    order = sorted(metrics.cells.items(), key=lambda kv: (kv[1].source, kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[0]))
+    several = len(kinds_of(c.sae for c in metrics.cells.values())) > 1  # then a kind column
+    lead = ["cell"] + (["kind"] if several else []) + ["m", axis]
+    rows = [lead + [c for c in columns if any(c in cell.metrics for cell in metrics.cells.values())] + (["mmcs_larger"] if larger else [])]
+    shown = rows[0][len(lead):]
+    if several:
+        order = sorted(metrics.cells.items(), key=lambda kv: (kv[1].source, kind_order(kv[1].sae["kind"]), kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[0]))
+    else:
+        order = sorted(metrics.cells.items(), key=lambda kv: (kv[1].source, kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[0]))
     for cid, cell in order:
-        row = [cid, str(cell.sae["m"]), metric_defs.fmt(sparsity_of(cell.sae)[1])]
+        row = [cid] + ([cell.sae["kind"]] if several else []) + [str(cell.sae["m"]), metric_defs.fmt(sparsity_of(cell.sae)[1])]
         for c in shown:
             if c == "mmcs_larger":
                 row.append(metric_defs.fmt(larger[cid]["value"]) if cid in larger else "-")
@@ -63,7 +68,31 @@ def summary_table(metrics: dict) -> list[str]:
         planted = f" (planted: {fc['planted']})" if "planted" in fc else ""
         rising = "" if fc.get("saturated", True) else "; still rising at the largest size: a lower bound"
         lines.append(f"feature_count[{source}]: {fc['estimate']} (range {fc['range'][0]}-{fc['range'][1]}{rising}){planted}")
+    lines += ranking_lines(metrics.analyses.get("kind_ranking", {}))
     return lines
+
+
+def ranking_lines(ranking: dict) -> list[str]:
+    """One line per (source, size, metric) of ``analyses.kind_ranking``: the kinds in rank
+    order with their scores at matched L0, or "no overlap"; then a line per comparison with
+    cells not shown converged."""
+    from engine.analyses import RANKED_METRICS
+
+    out = []
+    for source, r in sorted(ranking.items()):
+        for entry in r["comparisons"]:
+            where = f"kind_ranking[{source}, m={entry['m']}]"
+            for name in [n for n in RANKED_METRICS if n in entry["metrics"]]:
+                res = entry["metrics"][name]
+                if res["overlap"] is None:
+                    spans = ", ".join(f"{k} {v['l0_range'][0]:.3g}-{v['l0_range'][1]:.3g}" for k, v in entry["kinds"].items() if v["l0_range"])
+                    out.append(f"{where} {name}: no overlap of the kinds' L0 ranges ({spans}); not ranked")
+                    continue
+                ranked = " > ".join(f"{k} {metric_defs.fmt(res['scores'][k])}" for k in res["ranking"])
+                out.append(f"{where} {name} at L0 {res['overlap'][0]:.3g}-{res['overlap'][1]:.3g}: {ranked}")
+            if "convergence" in entry:
+                out.append(f"{where}: {entry['convergence']}")
+    return out
 
 
 def verify_command(bundle: str) -> None:

@@ -198,6 +198,28 @@ def _tagged_hook(conv: cattrs.Converter, kinds: dict[str, type], what: str, defa
     return hook
 
 
+def _sae_blocks_hook(block_hook):
+    """The ``sae`` field: one block (a mapping, structured by ``block_hook``) or a non-empty
+    list of blocks, structured into a tuple; errors inside the list carry the block's index."""
+
+    def hook(v, t):
+        if not isinstance(v, list):
+            return block_hook(v, t)
+        if not v:
+            raise Invalid("an empty list of SAE blocks: give at least one mapping")
+        out, errors = [], []
+        for i, item in enumerate(v):
+            try:
+                out.append(block_hook(item, t))
+            except Exception as e:  # noqa: BLE001 - collected and reported with its path
+                errors.append(_with_index(e, i, t))
+        if errors:
+            raise IterableValidationError("invalid SAE blocks", errors, tuple)
+        return tuple(out)
+
+    return hook
+
+
 def _attrs_hook(conv: cattrs.Converter, cl):
     inner = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=True)
 
@@ -266,8 +288,8 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(lambda t: get_origin(t) is Annotated, lambda t: _annotated_hook(conv, t))
     conv.register_structure_hook_factory(lambda t: get_origin(t) is schema.Sweepable, lambda t: _sweepable_hook(conv, t))
     conv.register_structure_hook(schema.Source, _tagged_hook(conv, schema.SOURCE_KINDS, "source"))
-    conv.register_structure_hook(schema.SAESpec, _tagged_hook(conv, schema.SAE_KINDS, "SAE", default="relu_l1"))
-    conv.register_unstructure_hook(schema.SAESpec, lambda v: conv.unstructure(v, unstructure_as=type(v)))
+    conv.register_structure_hook(schema.SAESpec, _sae_blocks_hook(_tagged_hook(conv, schema.SAE_KINDS, "SAE", default="relu_l1")))
+    conv.register_unstructure_hook(schema.SAESpec, lambda v: [conv.unstructure(b, unstructure_as=type(b)) for b in v] if isinstance(v, tuple) else conv.unstructure(v, unstructure_as=type(v)))
     conv.register_unstructure_hook_func(is_sweep, _unstructure_sweep)
     conv.register_unstructure_hook_factory(_has_added_fields, lambda cl: _omit_added_defaults(conv, cl))
     conv.register_unstructure_hook_factory(

@@ -195,6 +195,18 @@ def _dictionary(a: Loaded, ca: str, b: Loaded, cb: str, tol: Tolerances) -> dict
     }
 
 
+def _ranking_scores(metrics: layout.MetricsFile) -> dict:
+    """``analyses.kind_ranking`` scores as ``{"<source> m=<m> <metric> <kind>": score}``
+    (empty without the analysis; a shape it does not know gives what it can read)."""
+    out = {}
+    for source, r in sorted(metrics.analyses.get("kind_ranking", {}).items()):
+        for entry in r.get("comparisons", []) if isinstance(r, dict) else []:
+            for name, res in (entry.get("metrics") or {}).items() if isinstance(entry, dict) else []:
+                for kind, score in (res.get("scores") or {}).items() if isinstance(res, dict) else []:
+                    out[f"{source} m={entry.get('m')} {name} {kind}"] = score
+    return out
+
+
 def compare(a: Loaded, b: Loaded, tol: Tolerances = Tolerances()) -> dict:
     """The full comparison as a JSON-ready document (see module docstring)."""
     identical = a.meta["content_digest"] == b.meta["content_digest"]
@@ -218,6 +230,7 @@ def compare(a: Loaded, b: Loaded, tol: Tolerances = Tolerances()) -> dict:
         fa = a.metrics.analyses.get("feature_count", {})
         fb = b.metrics.analyses.get("feature_count", {})
         analyses += _compare_numbers("feature_count:", {k: v["estimate"] for k, v in fa.items()}, {k: v["estimate"] for k, v in fb.items()}, tol)
+        analyses += _compare_numbers("kind_ranking:", _ranking_scores(a.metrics), _ranking_scores(b.metrics), tol)
     sources = []
     for name in sorted(set(a.metrics.sources) | set(b.metrics.sources)):
         sa, sb = a.metrics.sources.get(name, {}), b.metrics.sources.get(name, {})

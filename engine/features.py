@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from engine import layout
-from engine.plan import sparsity_of
+from engine.plan import kinds_of, sparsity_of
 
 N_TOKENS = 1 << 17  # validation tokens analysed (fit + held-out)
 TOP_K = 8  # top activating contexts kept per feature
@@ -59,10 +59,13 @@ ENCODE_CHUNK = 8192  # positions encoded at once
 
 def choose_cell(metrics: dict, source: str) -> str | None:
     """The cell analysed for ``source``: the largest dictionary at the smallest l1 (then the
-    smallest cell id). None when the source has no cells."""
+    smallest cell id); among cells of several SAE kinds, of the first kind in ``kind_order``
+    (relu_l1 first). None when the source has no cells."""
     cells = [(cid, c) for cid, c in metrics.cells.items() if c.source == source]
     if not cells:
         return None
+    first = kinds_of(c.sae for _, c in cells)[0]
+    cells = [(cid, c) for cid, c in cells if c.sae["kind"] == first]
     return min(cells, key=lambda kv: (-kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[0]))[0]
 
 

@@ -11,6 +11,12 @@ Files (see :func:`render`):
 - ``curves.png``: training curves from each cell's ``cell.json``: MMCS with the truth (toy)
   or FVU (LM) and the dead fraction over steps, coloured by initialisation.
 - ``toy_vs_lm.png``: toy and LM sources side by side (the seed's comparison).
+- ``kinds_vs_l0.png`` (with ``analyses.kind_ranking``: several SAE kinds): MCC, F1 and
+  explained variance against L0, one line per kind, per source (:func:`kinds_figure`).
+
+When a source's cells have several SAE kinds, ``<source>.png`` and ``<source>_grid.png`` are
+drawn per kind (``<source>_<kind>.png``, ``<source>_<kind>_grid.png``: each kind's own
+sparsity knob is its axis), and lines and tables name the kind.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 from engine import sources as source_kinds
-from engine.plan import sparsity_of
+from engine.plan import kind_order, kinds_of, sparsity_of
 
 PNG_META = {"Software": None}
 
@@ -56,18 +63,21 @@ def _by_source(metrics: dict) -> dict[str, dict[str, dict]]:
 
 
 def _series_lines(ax, cells: dict, value, ylabel: str, title: str) -> bool:
-    """One line per l1 over dictionary size; False when nothing to draw."""
-    lines: dict[float, list] = defaultdict(list)
+    """One line per l1 (per kind and sparsity value when the cells have several kinds) over
+    dictionary size; False when nothing to draw."""
+    several = len(kinds_of(c.sae for c in cells.values())) > 1
+    lines: dict = defaultdict(list)
     for cid, cell in cells.items():
         y = value(cid, cell)
         if y is not None:
-            lines[_sp(cell)].append((cell.sae["m"], y))
+            lines[(kind_order(cell.sae["kind"]), sparsity_of(cell.sae)[0], _sp(cell)) if several else _sp(cell)].append((cell.sae["m"], y))
     if not lines:
         return False
     cmap = plt.get_cmap("viridis")
     for i, (l1, pts) in enumerate(sorted(lines.items())):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=cmap(i / max(1, len(lines) - 1)), label=f"{_axis(cells)}={l1:g}")
+        label = f"{l1[0][1]} {l1[1]}={l1[2]:g}" if several else f"{_axis(cells)}={l1:g}"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=cmap(i / max(1, len(lines) - 1)), label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("dictionary size m")
     ax.set_ylabel(ylabel)
@@ -107,6 +117,11 @@ GRID_PANELS = (
     ("mse", "reconstruction MSE"),
 )
 INIT_COLOURS = {"orthogonal": "tab:blue", "data_samples": "tab:orange", "tied": "tab:green"}
+
+
+def kind_colour(kind: str) -> str:
+    """One colour per SAE kind (tab10, in ``kind_order``)."""
+    return f"C{kind_order(kind)[0] % 10}"
 
 
 def _grid(ax, cells: dict, value, base: int, title: str) -> bool:
@@ -173,6 +188,7 @@ def curves_figure(sources: dict[str, bool], cells: dict, curves: dict[str, dict]
         mine = sorted(((cid, c) for cid, c in cells.items() if c.source == source and cid in curves), key=lambda kv: (kv[1].sae["init"], kv[1].sae["m"], _sp(kv[1]), kv[0]))
         first = "mmcs_truth" if sources[source] else "fvu"
         label_each = len(mine) <= 12
+        several = len(kinds_of(c.sae for _, c in mine)) > 1  # then coloured by kind
         for col, key in enumerate((first, "dead_frac")):
             ax = axes[r][col]
             seen: set[str] = set()
@@ -181,17 +197,80 @@ def curves_figure(sources: dict[str, bool], cells: dict, curves: dict[str, dict]
                 if key not in cv:
                     continue
                 init = c.sae["init"]
-                name = f"{init} m={c.sae['m']} {sparsity_of(c.sae)[0]}={_sp(c):g}" if label_each else (init if init not in seen else None)
-                seen.add(init)
+                group = c.sae["kind"] if several else init
+                name = f"{init} m={c.sae['m']} {sparsity_of(c.sae)[0]}={_sp(c):g}" if label_each else (group if group not in seen else None)
+                if several and label_each:
+                    name = f"{c.sae['kind']} {name}"
+                seen.add(group)
                 ys = [np.nan if v is None else v for v in cv[key]]
                 style = ["-", "--", ":", "-."][sorted({_sp(x) for _, x in mine}).index(_sp(c)) % 4]
-                ax.plot(cv["step"], ys, style, lw=1.2, color=INIT_COLOURS.get(init, "tab:gray"), alpha=0.85, label=name)
+                colour = kind_colour(c.sae["kind"]) if several else INIT_COLOURS.get(init, "tab:gray")
+                ax.plot(cv["step"], ys, style, lw=1.2, color=colour, alpha=0.85, label=name)
             ax.set_xlabel("training step")
             ax.set_ylabel(key)
             ax.set_title(f"{source}: {'MMCS with ground truth' if key == 'mmcs_truth' else key} over training", fontsize=9)
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=6, ncol=2 if len(ax.lines) > 6 else 1)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _per_kind(source: str, cells: dict) -> list[tuple[str, str, dict]]:
+    """``(file stem, title, cells)`` per SAE kind of one source's cells: the source alone
+    (``toy``) when they have one kind, else one entry per kind (``toy_topk``, "toy (topk)")."""
+    kinds = kinds_of(c.sae for c in cells.values())
+    if len(kinds) <= 1:
+        return [(source, source, cells)]
+    return [(f"{source}_{k}", f"{source} ({k})", {cid: c for cid, c in cells.items() if c.sae["kind"] == k}) for k in kinds]
+
+
+def _two_and_five(v: float, _pos=None) -> str:
+    """A minor tick label of a log axis: only at 2 and 5 times a power of ten."""
+    if v <= 0:
+        return ""
+    lead = v / 10 ** np.floor(np.log10(v))
+    return f"{v:g}" if abs(lead - 2) < 1e-6 or abs(lead - 5) < 1e-6 else ""
+
+
+RANKED_TITLES = {"mcc": "MCC (one-to-one matching)", "f1": "latent F1", "explained_variance": "explained variance (1 - FVU)"}
+
+
+def kinds_figure(ranking: dict) -> bytes:
+    """``kinds_vs_l0.png``: one row per (source, dictionary size) of ``analyses.kind_ranking``,
+    one panel per ranked metric (MCC, F1, explained variance; a source without planted truth
+    has only the last), one line with markers per kind over L0 (log axis); the L0 overlap in
+    which the kinds are ranked is shaded and its comparison points marked on the axis."""
+    rows = [(source, entry) for source, r in sorted(ranking.items()) for entry in r["comparisons"]]
+    names = ("mcc", "f1", "explained_variance")
+    fig, axes = plt.subplots(len(rows), len(names), figsize=(4.3 * len(names), 3.4 * len(rows)), squeeze=False)
+    for r, (source, entry) in enumerate(rows):
+        for col, name in enumerate(names):
+            ax = axes[r][col]
+            result = entry["metrics"].get(name)
+            if result is None:
+                ax.axis("off")
+                ax.text(0.5, 0.5, f"{source}: no {name}" + (" (no planted truth)" if name != "explained_variance" else ""), ha="center", va="center", fontsize=8, transform=ax.transAxes)
+                continue
+            for kind in sorted(result["curves"], key=kind_order):
+                pts = result["curves"][kind]
+                score = result["scores"].get(kind)
+                label = kind + (f" ({score:.3f})" if score is not None else "")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1.3, color=kind_colour(kind), label=label)
+            if result["overlap"] is not None:
+                lo, hi = result["overlap"]
+                ax.axvspan(lo, hi, color="0.85", zorder=0)
+                ax.plot(result["grid"], [0] * len(result["grid"]), "|", color="0.3", ms=8, transform=ax.get_xaxis_transform())
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_two_and_five))
+            ax.tick_params(axis="x", which="minor", labelsize=6)
+            ax.set_xlabel("L0 (mean active codes per sample)")
+            ax.set_ylabel(name)
+            overlap = "no L0 overlap" if result["overlap"] is None else f"ranked over L0 {result['overlap'][0]:.3g}-{result['overlap'][1]:.3g}"
+            ax.set_title(f"{source} m={entry['m']}: {RANKED_TITLES[name]}\n{overlap}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     return _png(fig)
 
@@ -204,17 +283,18 @@ def render(plan, metrics: dict, curves: dict[str, dict] | None = None) -> dict[s
     by_source = _by_source(metrics)
     kinds = {sp.name: sp.kind for sp in plan.sources}
     truth = {sp.name: source_kinds.of(sp.config).has_truth for sp in plan.sources}
-    for source, cells in sorted(by_source.items()):
-        fig, axes = plt.subplots(1, 3 if truth[source] else 2, figsize=(13 if truth[source] else 9, 3.8))
-        drawn = _series_lines(axes[0], cells, lambda cid, c: larger.get(cid, {}).get("value"), "MMCS with next larger", f"{source}: similarity to larger dictionary")
-        drawn |= _series_lines(axes[1], cells, lambda cid, c: c.metrics.get("dead_frac"), "dead fraction", f"{source}: dead atoms")
-        if truth[source]:
-            drawn |= _heatmap(axes[2], cells, "mmcs_truth", f"{source}: MMCS with ground truth")
-        fig.tight_layout()
-        if drawn:
-            out[f"{source}.png"] = _png(fig)
-        else:
-            plt.close(fig)
+    for source, all_cells in sorted(by_source.items()):
+        for name, label, cells in _per_kind(source, all_cells):
+            fig, axes = plt.subplots(1, 3 if truth[source] else 2, figsize=(13 if truth[source] else 9, 3.8))
+            drawn = _series_lines(axes[0], cells, lambda cid, c: larger.get(cid, {}).get("value"), "MMCS with next larger", f"{label}: similarity to larger dictionary")
+            drawn |= _series_lines(axes[1], cells, lambda cid, c: c.metrics.get("dead_frac"), "dead fraction", f"{label}: dead atoms")
+            if truth[source]:
+                drawn |= _heatmap(axes[2], cells, "mmcs_truth", f"{label}: MMCS with ground truth")
+            fig.tight_layout()
+            if drawn:
+                out[f"{name}.png"] = _png(fig)
+            else:
+                plt.close(fig)
     toys = [s for s in by_source if truth[s]]
     lms = [s for s in by_source if not truth[s]]
     if toys and lms:
@@ -232,9 +312,13 @@ def render(plan, metrics: dict, curves: dict[str, dict] | None = None) -> dict[s
     for sp in plan.sources:
         if sp.name in by_source:
             kind = source_kinds.of(sp.config)
-            png = grid_figure(sp.name, kind.ratio_base_name, kind.ratio_base(sp.config), by_source[sp.name], larger)
-            if png is not None:
-                out[f"{sp.name}_grid.png"] = png
+            for name, label, cells in _per_kind(sp.name, by_source[sp.name]):
+                png = grid_figure(label, kind.ratio_base_name, kind.ratio_base(sp.config), cells, larger)
+                if png is not None:
+                    out[f"{name}_grid.png"] = png
+    ranking = metrics.analyses.get("kind_ranking")
+    if ranking:
+        out["kinds_vs_l0.png"] = kinds_figure(ranking)
     if curves:
         png = curves_figure(truth, metrics.cells, curves)
         if png is not None:

@@ -34,10 +34,10 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("ce_clean", None),
     MetricDef("ce_sae", None),
     MetricDef("ce_zero", None),
-    MetricDef("mcc", "mean over one-to-one matched (ground-truth feature, atom) pairs of |cosine|, the matching maximising their sum (Hungarian; min(n_features, m) pairs); computed at bundle assembly", opt_in="mcc"),
+    MetricDef("mcc", "mean over one-to-one matched (ground-truth feature, atom) pairs of |cosine|, the matching maximising their sum (Hungarian; min(n_features, m) pairs); computed at bundle assembly", headline=("table", "report"), opt_in="mcc"),
     MetricDef("mcc_matched_0.9", "number of those matched pairs with |cosine| > 0.9", integer=True, fraction_of="mcc_matched_0.9_frac", opt_in="mcc"),
     MetricDef("mcc_matched_0.9_frac", None, opt_in="mcc"),
-    MetricDef("f1", "mean over live latents (firing on the evaluation set) of the F1 of 'latent > 0' against 'its feature > 0' in the evaluation set's true codes; a latent's feature is the planted one of max |cosine| with its atom; computed at bundle assembly", opt_in="latent_f1"),
+    MetricDef("f1", "mean over live latents (firing on the evaluation set) of the F1 of 'latent > 0' against 'its feature > 0' in the evaluation set's true codes; a latent's feature is the planted one of max |cosine| with its atom; computed at bundle assembly", headline=("table", "report"), opt_in="latent_f1"),
     MetricDef("precision", "mean over live latents of P(its feature is active | latent > 0) on the evaluation set (see f1)", opt_in="latent_f1"),
     MetricDef("recall", "mean over live latents of P(latent > 0 | its feature is active) on the evaluation set (see f1)", opt_in="latent_f1"),
 )

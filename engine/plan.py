@@ -23,7 +23,7 @@ from engine.hashing import (
     STREAM_ID_VERSION,
     tagged_hash,
 )
-from engine.spec import parse_path, spec_hash, sweep_fields
+from engine.spec import block_of, parse_path, spec_hash, sweep_fields
 from engine.yamlio import format_path
 from sae import base as sae_kinds
 
@@ -126,14 +126,27 @@ def _set(obj, path: tuple, value):
     head, rest = path[0], path[1:]
     if isinstance(obj, dict):
         return {**obj, head: _set(obj[head], rest, value)}
+    if isinstance(obj, tuple):  # a list of SAE blocks
+        return obj[:head] + (_set(obj[head], rest, value),) + obj[head + 1 :]
     return attrs.evolve(obj, **{head: _set(getattr(obj, head), rest, value)})
 
 
-def points(spec: schema.Spec) -> list[dict[tuple, Any]]:
-    """Every assignment of values to swept fields, in a stable order."""
+def _get(obj, path: tuple):
+    for p in path:
+        obj = obj[p] if isinstance(obj, (dict, tuple)) else getattr(obj, p)
+    return obj
+
+
+def points(spec: schema.Spec, block: tuple | None = None) -> list[dict[tuple, Any]]:
+    """Every assignment of values to swept fields, in a stable order. ``block`` (the path of
+    one SAE block, ``Spec.sae_blocks``): only the sources' sweeps and that block's (a spec's
+    blocks are swept one after the other, each crossed with the sources' sweeps)."""
     fields = sweep_fields(spec)
+    if block is not None:
+        fields = [f for f in fields if block_of(spec, f[0]) in (None, block)]
     values = {p: [convert.sweep_value(v, inner) for v in sweep.values()] for p, sweep, inner in fields}
-    zipped = {parse_path(t): g for g, group in enumerate(spec.zip) for t in group}
+    kept = {f[0] for f in fields}
+    zipped = {parse_path(t): g for g, group in enumerate(spec.zip) for t in group if parse_path(t) in kept}
     axes: list[list[dict]] = []
     done: set[int] = set()
     for path, _, _ in fields:
@@ -142,7 +155,7 @@ def points(spec: schema.Spec) -> list[dict[tuple, Any]]:
             axes.append([{path: v} for v in values[path]])
         elif g not in done:
             done.add(g)
-            paths = [parse_path(t) for t in spec.zip[g]]
+            paths = [parse_path(t) for t in spec.zip[g] if parse_path(t) in kept]
             axes.append([dict(zip(paths, vs)) for vs in zip(*(values[p] for p in paths))])
     return [dict(kv for d in combo for kv in d.items()) for combo in itertools.product(*axes)]
 
@@ -173,33 +186,35 @@ def resolve_device(requested: str) -> str:
 
 def make_plan(spec: schema.Spec) -> Plan:
     """Expand ``spec`` into cells. ``run.device: auto`` is resolved here, so a cell's key
-    names the device that computes it."""
+    names the device that computes it. With several SAE blocks (``sae:`` a list) each block's
+    points (``points(spec, block)``) are planned in block order; a cell two blocks plan (same
+    key: the key never names the block) is planned once."""
     spec = attrs.evolve(spec, run=attrs.evolve(spec.run, device=resolve_device(spec.run.device)))
     problems: list[tuple[tuple, str]] = []
     sources: dict[str, SourcePlan] = {}
     cells: dict[str, Cell] = {}
-    pts = points(spec)
+    pts = [(at, point) for at, _ in spec.sae_blocks() for point in points(spec, at)]
     for name, _ in spec.sources.items():
         variants = {}
-        for point in pts:
+        for _, point in pts:
             src = _substitute(spec, point).sources[name]
             variants.setdefault(source_key(spec.seed, src), src)
         for key, src in variants.items():
             label = name if len(variants) == 1 else f"{name}-{key[:8]}"
             sources[key] = SourcePlan(label, name, src, key, source_width(src))
 
-    for point in pts:
+    for at, point in pts:
         concrete = _substitute(spec, point)
         for name, src in concrete.sources.items():
             sp = sources[source_key(spec.seed, src)]
-            sae = concrete.sae
+            sae = _get(concrete, at)
             if sae.dict_size is not None:
                 m = sae.dict_size
             else:
                 base = source_kinds.of(src).ratio_base(src)
                 m = round(sae.dict_ratio * base)
                 if m < 1:
-                    problems.append((("sae", "dict_ratio"), f"ratio {sae.dict_ratio:g} of {base} gives a dictionary of {m} atoms for source {name!r}"))
+                    problems.append((at + ("dict_ratio",), f"ratio {sae.dict_ratio:g} of {base} gives a dictionary of {m} atoms for source {name!r}"))
                     continue
             cfg = SAEConfig(
                 kind=sae.kind, m=m, hyper=kind_hyper(sae), init=sae.init, decoder_bias=sae.decoder_bias, seed=sae.seed,
@@ -255,3 +270,16 @@ def sparsity_of(sae: dict) -> tuple[str, float]:
     """(name, value) of the sparsity knob of a cell's recorded settings (``cell.json`` "sae")."""
     name = sae_kinds.get(sae["kind"]).sparsity
     return name, sae[name]
+
+
+def kind_order(kind: str) -> tuple[int, str]:
+    """Sort key of SAE kinds: the order of ``engine.schema.SAE_KINDS`` (relu_l1, topk,
+    batchtopk, matryoshka_batchtopk, jumprelu, gated), unknown kinds after, by name."""
+    order = list(schema.SAE_KINDS)
+    return (order.index(kind) if kind in order else len(order), kind)
+
+
+def kinds_of(saes) -> list[str]:
+    """The distinct kinds of SAE settings ``saes`` (recorded ``sae`` dicts of ``cell.json`` /
+    ``metrics.json``, or ``SAEConfig``), in ``kind_order``."""
+    return sorted({s["kind"] if isinstance(s, dict) else s.kind for s in saes}, key=kind_order)

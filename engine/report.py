@@ -26,7 +26,7 @@ from pathlib import Path
 
 from engine import features, figures, layout, metric_defs
 from engine import sources as source_kinds
-from engine.plan import sparsity_of
+from engine.plan import kind_order, kinds_of, sparsity_of
 from sae import base as sae_kinds
 from engine.bundle import replace_derived, verify
 from engine.errors import BundleError, shown, shown_path
@@ -37,6 +37,7 @@ HEADLINE = metric_defs.headline("report")
 CAPTIONS = {
     "toy_vs_lm.png": "Toy data vs language-model activations: similarity to the next larger dictionary and dead fraction against dictionary size, one line per l1.",
     "curves.png": "Training curves per cell, coloured by initialisation.",
+    "kinds_vs_l0.png": "SAE kinds against L0: MCC, latent F1 and explained variance per kind (one line each, the legend gives its score); the shaded L0 overlap is where the kinds are ranked (see the ranking table).",
 }
 
 
@@ -95,15 +96,59 @@ def metrics_table(metrics: dict) -> str:
     cells = metrics.cells
     cols = [c for c in HEADLINE if any(c in cell.metrics for cell in cells.values())]
     axis = "/".join(sorted({sparsity_of(c.sae)[0] for c in cells.values()})) or "l1"
-    head = ["cell", "source", "m", axis, "init"] + cols + (["mmcs_larger"] if larger else [])
+    several = len(kinds_of(c.sae for c in cells.values())) > 1  # then a kind column
+    head = ["cell", "source"] + (["kind"] if several else []) + ["m", axis, "init"] + cols + (["mmcs_larger"] if larger else [])
     rows = []
-    for cid, cell in sorted(cells.items(), key=lambda kv: (kv[1].source, kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[1].sae["init"], kv[0])):
-        vals = [cid, cell.source, cell.sae["m"], sparsity_of(cell.sae)[1], cell.sae["init"]]
+    order = (lambda kv: (kv[1].source, kind_order(kv[1].sae["kind"]), kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[1].sae["init"], kv[0])) if several else (
+        lambda kv: (kv[1].source, kv[1].sae["m"], sparsity_of(kv[1].sae)[1], kv[1].sae["init"], kv[0]))
+    for cid, cell in sorted(cells.items(), key=order):
+        vals = [cid, cell.source] + ([cell.sae["kind"]] if several else []) + [cell.sae["m"], sparsity_of(cell.sae)[1], cell.sae["init"]]
         vals += [cell.metrics.get(c) for c in cols]
         if larger:
             vals.append(larger.get(cid, {}).get("value"))
         rows.append("<tr>" + "".join(f"<td>{_e(_fmt(v))}</td>" for v in vals) + "</tr>")
     return '<table class="metrics"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+
+
+def ranking_rows(ranking: dict) -> list[tuple[str, dict, list[list[str]]]]:
+    """``analyses.kind_ranking`` as tables: per (source, size) a title, the comparison entry
+    and rows ``[kind, L0 range, cells, not converged, score (rank) per ranked metric]`` in
+    the order of the first ranked metric's ranking (kinds it has no score for after)."""
+    from engine.analyses import RANKED_METRICS
+
+    out = []
+    for source, r in sorted(ranking.items()):
+        for entry in r["comparisons"]:
+            metrics = [n for n in RANKED_METRICS if n in entry["metrics"]]
+            first = entry["metrics"][metrics[0]]["ranking"] if metrics else []
+            kinds = first + sorted((k for k in entry["kinds"] if k not in first), key=kind_order)
+            rows = [["kind", "L0 range", "cells", "not converged"] + metrics]
+            for kind in kinds:
+                k = entry["kinds"][kind]
+                l0 = "–" if k["l0_range"] is None else f"{k['l0_range'][0]:.3g}–{k['l0_range'][1]:.3g}"
+                row = [kind, l0, str(len(k["cells"])), str(len(k["max_steps"]) + k["fixed_steps"])]
+                for n in metrics:
+                    res = entry["metrics"][n]
+                    row.append(f"{res['scores'][kind]:.4f} ({res['ranking'].index(kind) + 1})" if kind in res["scores"] else "–")
+                rows.append(row)
+            overlaps = {n: entry["metrics"][n]["overlap"] for n in metrics}
+            spans = sorted({"no overlap" if o is None else f"{o[0]:.3g}–{o[1]:.3g}" for o in overlaps.values()})
+            out.append((f"{source}, m={entry['m']}: kinds at matched L0 (overlap {', '.join(spans)})", entry, rows))
+    return out
+
+
+def ranking_table(metrics) -> str:
+    """The kind ranking (``analyses.kind_ranking``) as HTML tables, or nothing."""
+    ranking = metrics.analyses.get("kind_ranking")
+    if not ranking:
+        return ""
+    parts = ["<h2>SAE kinds at matched L0</h2>", f'<p class="note">{_e(next(iter(ranking.values()))["rule"])}. Score (rank) per metric; higher is better.</p>']
+    for title, entry, rows in ranking_rows(ranking):
+        notes = [entry[k] for k in ("note", "convergence") if k in entry]
+        parts.append(f"<h3>{_e(title)}</h3>" + "".join(f'<p class="note">{_e(n)}</p>' for n in notes))
+        parts.append('<table class="metrics"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in rows[0]) + "</tr></thead><tbody>"
+                     + "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows[1:]) + "</tbody></table>")
+    return "".join(parts)
 
 
 LABELLED_RANGE = (400, 800)  # the seed's "roughly 600" easily labellable features, +- a third
@@ -171,7 +216,7 @@ def page(plan, metrics: dict, spec_text: str, files: dict[str, bytes], analysed:
     """index.html: self-contained (no network), deterministic text."""
     spec = plan.spec
     figs = []
-    order = lambda n: (n != "toy_vs_lm.png", not n.endswith("_grid.png"), n != "curves.png", n)
+    order = lambda n: (n != "kinds_vs_l0.png", n != "toy_vs_lm.png", not n.endswith("_grid.png"), n != "curves.png", n)
     for name, data in sorted(files.items(), key=lambda kv: order(kv[0])):
         if name.endswith(".png"):
             caption = CAPTIONS.get(name) or (f"{name[:-9]}: heat maps over l1 x dictionary ratio." if name.endswith("_grid.png") else f"{name[:-4]}: similarity to the next larger dictionary and dead atoms over size.")
@@ -201,7 +246,7 @@ def page(plan, metrics: dict, spec_text: str, files: dict[str, bytes], analysed:
         f"<title>{_e(spec.name)} report</title><style>{CSS}</style></head><body>"
         f"<h1>{_e(spec.name)}</h1><p class=\"note\">spec hash {_e(plan.spec_hash)} · seed {spec.seed} · {len(metrics.cells)} cells"
         f"{' · ' + _e(spec.description) if spec.description else ''}</p>"
-        f"<h2>Verdict</h2><ul>{verdict}</ul>{table}<h2>Metrics</h2>{metrics_table(metrics)}"
+        f"<h2>Verdict</h2><ul>{verdict}</ul>{table}{ranking_table(metrics)}<h2>Metrics</h2>{metrics_table(metrics)}"
         f"<h2>Figures</h2>{''.join(figs)}{''.join(browsers)}"
         f"<h2>Spec</h2><details><summary>spec.yaml (resolved)</summary><pre>{_e(spec_text)}</pre></details>"
         f"<script>{JS}</script></body></html>\n"

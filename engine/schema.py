@@ -71,9 +71,9 @@ HookSite = Annotated[str, Matches(r"blocks\.\d+\.(resid\.pre|resid\.mid|resid\.p
 Correlation = Literal["batch", "none", "per_sample"]
 Magnitude = Literal["uniform", "constant", "product"]
 SAEInit = Literal["orthogonal", "data_samples", "tied"]
-Analysis = Literal["mmcs_truth", "dead", "l0", "mse", "fvu", "mmcs_larger", "feature_count", "ce_recovered", "mcc", "latent_f1"]
+Analysis = Literal["mmcs_truth", "dead", "l0", "mse", "fvu", "mmcs_larger", "feature_count", "ce_recovered", "mcc", "latent_f1", "kind_ranking"]
 ALL_ANALYSES: tuple[str, ...] = Analysis.__args__  # type: ignore[attr-defined]
-# what a spec that lists no analyses gets: every analysis but the opt-in ones (mcc, latent_f1,
+# what a spec that lists no analyses gets: every analysis but the opt-in ones (mcc, latent_f1 and kind_ranking,
 # computed at bundle assembly); it is the default of Spec.analyses, so it is part of every
 # spec hash and must not change
 DEFAULT_ANALYSES: tuple[str, ...] = ("mmcs_truth", "dead", "l0", "mse", "fvu", "mmcs_larger", "feature_count", "ce_recovered")
@@ -328,8 +328,10 @@ def sae_kind(cls):
 
 
 class SAESpec:
-    """Annotation marker: the ``sae`` block, one of ``SAE_KINDS`` chosen by its ``kind``
-    (``relu_l1`` when absent). Structured by ``engine.convert``."""
+    """Annotation marker: the ``sae`` field, one block (one of ``SAE_KINDS`` chosen by its
+    ``kind``, ``relu_l1`` when absent) or a tuple of blocks (YAML: a non-empty list of
+    mappings, each its own kind and sweeps; paths inside it are ``sae[i].k``). Structured by
+    ``engine.convert``; ``Spec.sae_blocks`` lists the blocks with their paths."""
 
 
 # ---------------------------------------------------------------- SAE kinds
@@ -431,3 +433,10 @@ class Spec:
     run: RunSpec = RunSpec()
     analyses: tuple[Analysis, ...] = DEFAULT_ANALYSES
     zip: tuple[tuple[str, ...], ...] = ()
+
+    def sae_blocks(self) -> list[tuple[tuple, SAECommon]]:
+        """Every SAE block with the path it sits at: ``[(("sae",), block)]`` for one mapping,
+        ``[(("sae", 0), b0), (("sae", 1), b1), ...]`` for a list."""
+        if isinstance(self.sae, tuple):
+            return [(("sae", i), b) for i, b in enumerate(self.sae)]
+        return [(("sae",), self.sae)]

@@ -33,10 +33,14 @@ class Override:
 
 
 def parse_path(text: str) -> tuple | None:
-    """``sae.train.steps`` -> ('sae','train','steps'); ``sae.l1[2]`` is not settable (None)."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", text):
+    """``sae.train.steps`` -> ('sae','train','steps'); ``sae[1].k`` -> ('sae', 1, 'k') (an
+    index only after the first key: the blocks of a list ``sae``, as ``format_path`` writes
+    them); ``sae.l1[2]`` is not a path (None)."""
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(0|[1-9][0-9]{0,5})\])?((?:\.[A-Za-z_][A-Za-z0-9_]*)*)", text)
+    if m is None:
         return None
-    return tuple(text.split("."))
+    head, index, rest = m.groups()
+    return (head,) + ((int(index),) if index is not None else ()) + tuple(rest.split(".")[1:])
 
 
 def parse_override(text: str) -> tuple[Override | None, Problem | None]:
@@ -57,14 +61,23 @@ def parse_override(text: str) -> tuple[Override | None, Problem | None]:
 
 def _apply(raw: dict, override: Override) -> Problem | None:
     node = raw
-    for i, key in enumerate(override.path[:-1]):
-        child = node.get(key)
+    path = override.path
+    for i, key in enumerate(path[:-1]):
+        if isinstance(path[i + 1], int):  # sae[1]...: a block of a list
+            child = node.get(key)
+            if not isinstance(child, list):
+                return Problem(override.text, None, None, format_path(path[: i + 1]), "is not a list, cannot index it")
+            if path[i + 1] >= len(child):
+                return Problem(override.text, None, None, format_path(path[: i + 2]), f"no such item: the list has {len(child)}")
+            node = child
+            continue
+        child = node[key] if isinstance(key, int) else node.get(key)
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            return Problem(override.text, None, None, format_path(override.path[: i + 1]), "is not a mapping, cannot set a key inside it")
+            return Problem(override.text, None, None, format_path(path[: i + 1]), "is not a mapping, cannot set a key inside it")
         node = child
-    node[override.path[-1]] = override.value
+    node[path[-1]] = override.value
     return None
 
 
@@ -145,6 +158,9 @@ def sweep_fields(obj, path: tuple = ()) -> list[tuple[tuple, Any, Any]]:
     if isinstance(obj, dict):
         for k, v in obj.items():
             out += sweep_fields(v, path + (k,))
+    elif isinstance(obj, tuple) and obj and attrs.has(type(obj[0])):  # a list of SAE blocks
+        for i, v in enumerate(obj):
+            out += sweep_fields(v, path + (i,))
     elif attrs.has(type(obj)):
         hints = attrs.resolve_types(type(obj))
         for f in attrs.fields(hints):
@@ -170,27 +186,31 @@ def _sweepable_inner(t):
 def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
     """Rules that span fields; each problem as ``(path, message)``."""
     out: list[tuple[tuple, str]] = []
-    sae = spec.sae
-    if (sae.dict_ratio is None) == (sae.dict_size is None):
-        which = "both" if sae.dict_ratio is not None else "neither"
-        out.append((("sae",), f"give exactly one of dict_ratio or dict_size (got {which})"))
+    blocks = spec.sae_blocks()
+    for at, sae in blocks:
+        if (sae.dict_ratio is None) == (sae.dict_size is None):
+            which = "both" if sae.dict_ratio is not None else "neither"
+            out.append((at, f"give exactly one of dict_ratio or dict_size (got {which})"))
     for name, src in spec.sources.items():
         kind = sources.of(src)
         out += kind.check(src, ("sources", name))
-        if sae.dict_ratio is not None:
-            smallest = min(values_of(sae.dict_ratio)) * min(kind.ratio_bases(src))
-            if round(smallest) < 1:
-                out.append((("sae", "dict_ratio"), f"ratio {min(values_of(sae.dict_ratio)):g} gives a dictionary of {round(smallest)} atoms for source {shown(name)}"))
-    stop = sae.train.stop
-    if stop is not None:
+        for at, sae in blocks:
+            if sae.dict_ratio is not None:
+                smallest = min(values_of(sae.dict_ratio)) * min(kind.ratio_bases(src))
+                if round(smallest) < 1:
+                    out.append((at + ("dict_ratio",), f"ratio {min(values_of(sae.dict_ratio)):g} gives a dictionary of {round(smallest)} atoms for source {shown(name)}"))
+    for at, sae in blocks:
+        stop = sae.train.stop
+        if stop is None:
+            continue
         if sae.train.steps != schema.SAETrainSpec.__attrs_attrs__.steps.default:
-            out.append((("sae", "train", "steps"), "give steps or stop, not both (with stop, training runs to convergence or stop.max_steps)"))
+            out.append((at + ("train", "steps"), "give steps or stop, not both (with stop, training runs to convergence or stop.max_steps)"))
         if stop.max_steps < 2 * stop.window:
-            out.append((("sae", "train", "stop", "max_steps"), f"must be at least two windows ({2 * stop.window}): convergence compares the last two windows"))
+            out.append((at + ("train", "stop", "max_steps"), f"must be at least two windows ({2 * stop.window}): convergence compares the last two windows"))
         if stop.metric == "mmcs_truth":
             for name, src in spec.sources.items():
                 if not sources.of(src).has_truth:
-                    out.append((("sae", "train", "stop", "metric"), f"mmcs_truth needs planted features, and source {name!r} ({src.kind}) has none; use metric: loss"))
+                    out.append((at + ("train", "stop", "metric"), f"mmcs_truth needs planted features, and source {name!r} ({src.kind}) has none; use metric: loss"))
     if not spec.analyses:
         out.append((("analyses",), "expected at least one analysis"))
     seen = set()
@@ -218,7 +238,22 @@ def check(spec: schema.Spec) -> list[tuple[tuple, str]]:
         if len(set(lengths.values())) > 1:
             sizes = ", ".join(f"{k} has {v}" for k, v in lengths.items())
             out.append((("zip", g), f"zipped sweeps must have equal lengths: {sizes}"))
+        if len(blocks) > 1:
+            paths = [p for p in map(parse_path, group) if p is not None and p in swept]
+            within = sorted({p[:2] for p in paths if p[0] == "sae"})
+            if len(within) > 1:
+                out.append((("zip", g), f"a zip group stays within one SAE block; this one has {' and '.join(format_path(b) for b in within)}"))
+            elif within and any(p[0] != "sae" for p in paths):
+                out.append((("zip", g), "with several SAE blocks a zip group cannot mix sources and sae paths (source sweeps apply to every block)"))
     return out
+
+
+def block_of(spec: schema.Spec, path: tuple) -> tuple | None:
+    """The path of the SAE block that a swept field's ``path`` lies in (``("sae",)`` or
+    ``("sae", i)``); None for a field outside ``sae`` (a source's)."""
+    if path[0] != "sae":
+        return None
+    return path[:2] if isinstance(spec.sae, tuple) else path[:1]
 
 
 # ------------------------------------------------------------------ resolved form and identity

@@ -21,7 +21,8 @@ SMALL = [
     "sources.lm.activations.ce_tokens=1024",
     "sources.toy.n_features=48",
     "sae.dict_size=[16, 32, 64]",
-    "sae.train.steps=60",
+    "sae.train.stop.window=30",  # the shipped stop rule and recipe, at a test's size
+    "sae.train.stop.max_steps=120",
     "sae.train.batch=64",
     "eval.samples=512",
     "eval.curve_every=30",
@@ -77,9 +78,9 @@ def test_lm_weights_load_and_the_lm_is_reused(bundle, tmp_path):
     path, results = bundle
     state = load_file(path / "sources/lm/model.safetensors")
     assert "wte.weight" in state
-    args = ["specs/toy_vs_lm.yaml", "--results", str(results), "--set", "sae.train.steps=61"]
+    args = ["specs/toy_vs_lm.yaml", "--results", str(results), "--set", "sae.train.stop.max_steps=90"]
     for s in SMALL:
-        if not s.startswith("sae.train.steps"):
+        if not s.startswith("sae.train.stop.max_steps"):
             args += ["--set", s]
     r = CliRunner().invoke(sae_run, args)
     assert r.exit_code == 0, r.output

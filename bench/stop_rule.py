@@ -9,7 +9,7 @@ set against the MMCS at the end of the long run.
 The SAE trains through ``sae.train.train_members`` (fixed ``--steps``) with a curve point
 every 500 updates: the mean training loss of those 500 updates, the objective on a fixed
 held-out set of 4,096 samples (``sae.stopping.eval_loss_metric``) and MMCS with the truth.
-Each rule is then applied to those points exactly as ``sae.stopping.WindowJudge`` applies it
+Each rule is then applied to those points by ``sae.stopping.replay``, the trainer's own test
 (a loss window of W = k x 500 updates is the mean of k points), giving the step where it
 would stop. Nothing here is a time: it measures how far from the end of a long run each rule's
 "converged" is, in MMCS.
@@ -22,30 +22,24 @@ from common import parser, report, setup
 
 from sae.metrics import mmcs_truth
 from sae.recipes import Recipe, build_relu_l1
-from sae.stopping import eval_loss_metric
+from sae.stopping import StopRule, eval_loss_metric, replay
 from sae.train import train_members
 from toydata import ToyData, ToyDataConfig
 
 POINT = 500  # updates per curve point
 
 
-def replay_loss(train_loss: list[float], k: int, tol: float) -> int | None:
-    """The first boundary s (in updates) where the loss rule with window k*POINT fires."""
-    windows = [sum(train_loss[i : i + k]) / k for i in range(0, len(train_loss) - k + 1, k)]
-    for j in range(1, len(windows)):
-        if abs(windows[j - 1] - windows[j]) <= tol * abs(windows[j - 1]):
-            return (j + 1) * k * POINT
-    return None
-
-
-def replay_callback(values: list[float], k: int, tol: float, relative: bool) -> int | None:
-    """``values[i]`` at update i*POINT (i = 0 before training); the eval_loss (relative) or
-    mmcs_truth (absolute rise) rule with window k*POINT."""
-    for j in range(k, len(values), k):
-        prev, cur = values[j - k], values[j]
-        if (prev - cur <= tol * abs(prev)) if relative else (cur - prev < tol):
-            return j * POINT
-    return None
+def stop_step(metric: str, tol: float, k: int, curves: dict, steps: int) -> int | None:
+    """Where ``StopRule(metric, tol, window=k*POINT, max_steps=steps)`` stops on the recorded
+    curves (``sae.stopping.replay``, the trainer's own test): a loss window is the mean of k
+    consecutive points' training loss, a callback metric is read at every k-th point."""
+    rule = StopRule(metric, tol, k * POINT, steps)
+    if metric == "loss":
+        points = curves["train_loss"][1:]  # point i >= 1: mean loss of updates (i-1)*POINT .. i*POINT - 1
+        values = [sum(points[i : i + k]) / k for i in range(0, len(points) - k + 1, k)]
+    else:
+        values = curves[metric][::k]
+    return replay(rule, values)
 
 
 def main():
@@ -68,19 +62,15 @@ def main():
     objective = eval_loss_metric(held_out)
 
     def evaluate(model):
-        return {"eval_loss": objective(model), "mmcs": torch.tensor([mmcs_truth(data.features, model.atoms(0))["mmcs_truth"]])}
+        return {"eval_loss": objective(model), "mmcs_truth": torch.tensor([mmcs_truth(data.features, model.atoms(0))["mmcs_truth"]])}
 
     res = train_members(model, lambda s: data.sample(256, stream)[0], a.lr, steps=steps, options=recipe, evaluate=evaluate, curve_every=POINT)
     c = res.members[0].curves
-    mmcs = c["mmcs"]
+    mmcs = c["mmcs_truth"]
     final = mmcs[-1]
     rules = [
-        ("loss, window 500, rel_tol 1e-3", replay_loss(c["train_loss"][1:], 1, 1e-3)),
-        ("loss, window 2000, rel_tol 1e-3", replay_loss(c["train_loss"][1:], 4, 1e-3)),
-        ("eval_loss, window 500, rel_tol 1e-3", replay_callback(c["eval_loss"], 1, 1e-3, True)),
-        ("eval_loss, window 2000, rel_tol 1e-3", replay_callback(c["eval_loss"], 4, 1e-3, True)),
-        ("mmcs_truth, window 500, rel_tol 1e-3", replay_callback(mmcs, 1, 1e-3, False)),
-        ("mmcs_truth, window 2000, rel_tol 2e-3", replay_callback(mmcs, 4, 2e-3, False)),
+        (f"{metric}, window {k * POINT}, rel_tol {tol:g}", stop_step(metric, tol, k, c, steps))
+        for metric, tol, k in [("loss", 1e-3, 1), ("loss", 1e-3, 4), ("eval_loss", 1e-3, 1), ("eval_loss", 1e-3, 4), ("mmcs_truth", 1e-3, 1), ("mmcs_truth", 2e-3, 4)]
     ]
     rows = [("run", f"{n} features in {d} dims, m={m}, l1={a.l1:g}, lr={a.lr:g}, {'2022 recipe' if a.no_recipe else 'tied init 0.1 + clip 1'}, {steps} steps"),
             ("MMCS at the end", f"{final:.4f}")]

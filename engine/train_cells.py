@@ -31,7 +31,9 @@ MAX_GROUP_PARAMS = 1 << 24  # members of a batched group hold at most this many 
 
 
 def make_groups(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells sharing source, kind, size, batch, steps and lr, in chunks that fit MAX_GROUP_PARAMS."""
+    """Cells sharing source, kind, size, batch, steps and lr, in chunks that fit MAX_GROUP_PARAMS,
+    the most planned FLOPs first (a pool of workers finishes sooner when the longest groups
+    start first; a member's bytes do not depend on when its group runs)."""
     by_group: dict[tuple, list[Cell]] = defaultdict(list)
     for c in cells:
         by_group[c.group].append(c)
@@ -40,10 +42,11 @@ def make_groups(cells: list[Cell]) -> list[list[Cell]]:
         per_member = 2 * members[0].sae.m * members[0].source.width
         size = max(1, MAX_GROUP_PARAMS // per_member)
         out += [members[i : i + size] for i in range(0, len(members), size)]
-    return out
+    return sorted(out, key=plan_flops, reverse=True)  # stable: equal costs keep plan order
 
 
 def plan_flops(cells: list[Cell]) -> float:
+    """FLOPs of training ``cells`` for their planned (at most) steps."""
     return sum(step_flops(c) * c.sae.max_steps for c in cells)
 
 

@@ -55,7 +55,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .base import SAE
 
-__all__ = ["STOP_METRICS", "StopRule", "WindowJudge", "eval_loss_metric", "mmcs_truth_metric"]
+__all__ = ["STOP_METRICS", "StopRule", "WindowJudge", "converged", "eval_loss_metric", "mmcs_truth_metric", "replay"]
 
 STOP_METRICS = ("loss", "mmcs_truth", "eval_loss")
 CALLBACK_METRICS = ("mmcs_truth", "eval_loss")  # judged on the trainer's stop_metric(model)
@@ -127,26 +127,56 @@ class WindowJudge:
 
     def judge(self, s: int, model: SAE) -> Tensor:
         """Converged flags [E] at boundary s (after update s)."""
-        w, tol = self.rule.window, self.rule.rel_tol
+        w = self.rule.window
         if self.rule.metric == "loss":
             cur = self.sum / w
             self.sum = torch.zeros_like(self.sum)
             prev, self.prev = self.prev, (cur if s - w >= self.warmup else None)
             if prev is None:
                 return torch.zeros(cur.shape[0], dtype=torch.bool)
-            return (prev - cur).abs() <= tol * prev.abs()
+            return converged(self.rule, prev, cur)
         cur = self._metric(model, model.n_members)
         prev, self.prev = self.prev, cur
         if s - w < self.warmup:
             return torch.zeros(cur.shape[0], dtype=torch.bool)
-        if self.rule.metric == "eval_loss":
-            return (prev - cur) <= tol * prev.abs()
-        return (cur - prev) < tol
+        return converged(self.rule, prev, cur)
 
     def keep(self, idx: Tensor) -> None:
         self.sum = self.sum[idx]
         if self.prev is not None:
             self.prev = self.prev[idx]
+
+
+def converged(rule: StopRule, prev: Tensor, cur: Tensor) -> Tensor:
+    """[E] bool: the rule's test between the values of two consecutive boundaries, prev [E]
+    and cur [E] (float64), as the module docstring gives it for each metric."""
+    tol = rule.rel_tol
+    if rule.metric == "loss":
+        return (prev - cur).abs() <= tol * prev.abs()
+    if rule.metric == "eval_loss":
+        return (prev - cur) <= tol * prev.abs()
+    return (cur - prev) < tol
+
+
+def replay(rule: StopRule, values, warmup: int = 0) -> int | None:
+    """The boundary s at which one member with these recorded values stops as converged, or
+    None (it runs to ``rule.max_steps``): what ``WindowJudge`` decides, applied to a record.
+
+    ``values`` are the member's numbers at successive boundaries of ``rule.window``: for
+    ``"loss"``, values[i] is the mean training loss over updates i*window .. (i+1)*window - 1
+    (judged at boundary (i+1)*window); for the callback metrics, values[i] is the metric at
+    boundary i*window (values[0] before the first update)."""
+    w = rule.window
+    v = torch.as_tensor(list(values), dtype=torch.float64).reshape(-1, 1)
+    offset = 1 if rule.metric == "loss" else 0  # values[i] belongs to boundary (i + offset) * w
+    for i in range(1, v.shape[0]):
+        s = (i + offset) * w
+        if s > rule.max_steps:
+            return None
+        earlier_start = s - (2 if rule.metric == "loss" else 1) * w
+        if earlier_start >= warmup and bool(converged(rule, v[i - 1], v[i])):
+            return s
+    return None
 
 
 def mmcs_truth_metric(features: Tensor) -> Callable[[SAE], Tensor]:

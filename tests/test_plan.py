@@ -68,6 +68,20 @@ def test_groups_share_everything_but_l1_and_init():
     assert len(groups) == 2  # one per dictionary size
 
 
+def test_groups_come_largest_first_for_the_workers():
+    from engine.train_cells import make_groups, plan_flops
+
+    # sizes 8, 16, 32 (m x d x steps: 8*8*10, 16*8*10, 32*8*10) and one longer run at m=8
+    text = BASE.replace("dict_ratio: [1, 2]", "dict_ratio: [0.5, 1, 2]")
+    plan = plan_of(text)
+    groups = make_groups(list(plan.cells))
+    assert [g[0].sae.m for g in groups] == [32, 16, 8]
+    costs = [plan_flops(g) for g in groups]
+    assert costs == sorted(costs, reverse=True) and costs[0] == 2 * costs[1]
+    longer = make_groups(list(plan_of(text, ["sae.train.steps=100", "sae.dict_ratio=[0.5]"]).cells) + list(plan.cells))
+    assert [(g[0].sae.m, g[0].sae.max_steps) for g in longer] == [(8, 100), (32, 10), (16, 10), (8, 10)]
+
+
 def test_canonical_json():
     assert canonical_json({"b": 1, "a": [1.0, -0.0, (2, 3)], "c": "é"}) == '{"a":[1.0,0.0,[2,3]],"b":1,"c":"é"}'.encode()
     for bad in (float("nan"), float("inf")):

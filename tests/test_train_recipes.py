@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sae import ReluL1, evaluate, init_weights
 from sae.recipes import RECIPES, Recipe, build_relu_l1, lr_factor, recipe, sparsity_scale
-from sae.stopping import StopRule, WindowJudge, eval_loss_metric, mmcs_truth_metric
+from sae.stopping import StopRule, WindowJudge, eval_loss_metric, mmcs_truth_metric, replay
 from sae.train import _clip_grad_per_member_, _keep_members_, resample_dead_, train, train_members
 
 
@@ -393,6 +395,40 @@ def test_eval_loss_rule_hand_sequence_relative_improvement():
         expect = [float(two.member_losses(x, e)["loss"]) for e in range(2)]
     assert eval_loss_metric(x)(two).tolist() == pytest.approx(expect, rel=1e-12)
     assert eval_loss_metric(x, chunk=5)(two).tolist() == pytest.approx(expect, rel=1e-6)
+
+
+class _OneMember:
+    n_members = 1
+
+
+@given(
+    metric=st.sampled_from(["loss", "eval_loss", "mmcs_truth"]),
+    values=st.lists(st.sampled_from([0.5, 0.8, 0.9, 0.9005, 0.95, 1.0, float("nan")]), min_size=1, max_size=12),
+    window=st.integers(1, 3),
+    warmup=st.integers(0, 7),
+    max_windows=st.integers(1, 12),
+)
+def test_replay_decides_as_the_window_judge(metric, values, window, warmup, max_windows):
+    """``replay`` on a record gives the boundary at which ``WindowJudge`` first says converged."""
+    rule = StopRule(metric, 2e-3, window, window * max_windows)
+    if metric == "loss":
+        judge = WindowJudge(rule, 1, warmup, None, None)
+        boundaries = [(i + 1) * window for i in range(len(values))]
+    else:
+        feed = iter(values)
+        judge = WindowJudge(rule, 1, warmup, lambda model: torch.tensor([next(feed)]), _OneMember())
+        boundaries = [i * window for i in range(1, len(values))]
+    seen = None
+    for i, s in enumerate(boundaries):
+        if s > rule.max_steps:
+            break
+        if metric == "loss":
+            for _ in range(window):
+                judge.add_losses(torch.tensor([values[i]], dtype=torch.float64))
+        if bool(judge.judge(s, _OneMember())[0]):
+            seen = s
+            break
+    assert replay(rule, values, warmup) == seen
 
 
 def test_removed_members_keep_their_bytes():

@@ -12,7 +12,8 @@ Regenerated again when the shipped specs moved to training to convergence (issue
 kept their spec hashes, cell keys and cell bytes under ``FIXED_2022``, and only
 ``toy_vs_lm_small``'s ``metrics.json`` and report changed (its ``lm_features`` claim gained the
 feature-count rule's calibration on the toy source); two runs of the converged settings and
-the new specs were added.
+the new specs were added. Session 5: ``specs/architectures.yaml`` moved to the loss rule with
+windows of 2,000 and at most 30,000 steps, so its spec hash and cell keys moved (nothing else).
 """
 
 from __future__ import annotations

@@ -77,8 +77,9 @@ def test_cli_plain_lines_when_not_a_terminal(spec_file, tmp_path):
     assert r.exit_code == 0, r.output
     err = r.stderr.splitlines()
     assert err[0].startswith("[sources 1/1] source toy ready")
-    assert re.fullmatch(r"\[cells 2/4, ETA \d+s\] toy m=12 x2: 2 trained in \d+\.\ds", err[1])
-    assert re.fullmatch(r"\[cells 4/4\] toy m=24 x2: 2 trained in \d+\.\ds", err[2])
+    # groups run largest first (train_cells.make_groups)
+    assert re.fullmatch(r"\[cells 2/4, ETA \d+s\] toy m=24 x2: 2 trained in \d+\.\ds", err[1])
+    assert re.fullmatch(r"\[cells 4/4\] toy m=12 x2: 2 trained in \d+\.\ds", err[2])
     assert "\x1b[" not in r.output
     assert r.stdout.startswith("created:") and "mmcs_truth" in r.stdout
 

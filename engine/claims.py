@@ -16,7 +16,8 @@ Claims (the seed's, see ``MISSION.md``; the interim report's for the toy grid):
   when fewer than three). Value: the best such MMCS.
 - ``dead_rise``: dead atoms rise with the dictionary ratio and with l1 (toy data). Value: the
   Spearman rank correlations of the dead fraction with m and with l1 over the toy cells;
-  reproduced when both are > 0. With several SAE kinds, one claim per kind
+  reproduced when both are > 0; only tested when the cells sweep at least two sizes and two
+  knob values. With several SAE kinds, one claim per kind
   (``dead_rise[toy, topk]``), each over that kind's cells and knob.
 - ``lm_features``: the LM layer holds 512-1,024 features (``feature_count``); refuted
   outside the range, inconclusive while the count is still rising at the largest size. Its
@@ -120,9 +121,9 @@ def evaluate(plan, cells_meta: dict, cross: dict, curves: dict[str, dict]) -> li
         kinds = kinds_of(cells_meta[c]["sae"] for c in by_source[source])
         for kind in kinds:  # one claim per kind: each kind's own knob (a k and an l1 do not mix)
             dead = [c for c in by_source[source] if "dead_frac" in cells_meta[c]["metrics"] and cells_meta[c]["sae"]["kind"] == kind]
-            if len(dead) < 3:
-                continue
             knob = lambda c: sparsity_of(cells_meta[c]["sae"])[1]
+            if len(dead) < 3 or len({cells_meta[c]["sae"]["m"] for c in dead}) < 2 or len({knob(c) for c in dead}) < 2:
+                continue  # a spec that sweeps one size (or one knob value) cannot test a rise with it
             frac = [cells_meta[c]["metrics"]["dead_frac"] for c in dead]
             by_m = _spearman([cells_meta[c]["sae"]["m"] for c in dead], frac)
             by_l1 = _spearman([knob(c) for c in dead], frac)

@@ -68,6 +68,11 @@ def test_dead_rise_needs_both_correlations_positive(plan):
     for c in cells.values():  # falls with m now
         c["metrics"]["dead_frac"] = c["sae"]["l1"] / 10 - c["sae"]["m"] / 100
     assert by_id(claims.evaluate(plan, cells, {}, {}))["dead_rise[toy]"]["verdict"] == "refuted"
+    # one size only (init_compare): the rise with size cannot be tested, so no claim
+    one_size = {k: c for k, c in cells.items() if c["sae"]["m"] == 8}
+    assert "dead_rise[toy]" not in by_id(claims.evaluate(plan, one_size, {}, {}))
+    one_l1 = {f"{m}": meta("toy", m, 1.0, dead_frac=m / 100) for m in (8, 16, 32)}
+    assert "dead_rise[toy]" not in by_id(claims.evaluate(plan, one_l1, {}, {}))
 
 
 def fc(estimate, saturated, planted=None):

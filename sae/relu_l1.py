@@ -274,7 +274,10 @@ class ReluL1(SAE):
             if self.b_dec is not None:
                 self.b_dec.grad = torch.bmm(ones, g).squeeze(1)
         else:
-            grads = {"W_enc": [], "b_enc": [], "W_dec": [], "b_dec": []}
+            # each member's gradients are written straight into its slice of the [E, ...]
+            # gradient (the same products as into a fresh tensor: no stacking copy)
+            gW_enc, gb_enc, gW_dec = (torch.empty_like(p) for p in (self.W_enc, self.b_enc, self.W_dec))
+            gb_dec = torch.empty_like(self.b_dec) if self.b_dec is not None else None
             mse_l, l1_l, fired_l = [], [], []
             for e in range(E):
                 x_e = self.member_input(x, e)
@@ -287,21 +290,20 @@ class ReluL1(SAE):
                 if self.report_firing:
                     fired_l.append((c > 0).any(dim=0))
                 g = r.mul_(2.0 / (B * d))
-                dW_dec = c.T @ g
+                dW_dec = torch.mm(c.T, g, out=gW_dec[e])
                 if weighted:
                     col = c.sum(dim=0).mul_(coef[e, 0]).div_(norms[e])
                     dW_dec.addcmul_(col.unsqueeze(1), self.W_dec[e])
-                grads["W_dec"].append(dW_dec)
                 const = coef[e, 0] * norms[e] if weighted else coef[e, 0]
-                dc = (g @ self.W_dec[e].T).add_(const).mul_(pre > 0)
-                grads["W_enc"].append(x_e.T @ dc)
-                grads["b_enc"].append(dc.sum(dim=0))
-                grads["b_dec"].append(g.sum(dim=0))
-            self.W_enc.grad = torch.stack(grads["W_enc"])
-            self.b_enc.grad = torch.stack(grads["b_enc"])
-            self.W_dec.grad = torch.stack(grads["W_dec"])
-            if self.b_dec is not None:
-                self.b_dec.grad = torch.stack(grads["b_dec"])
+                # the mask [pre > 0] in one pass (c > 0 exactly where pre > 0)
+                dc = torch.ops.aten.threshold_backward((g @ self.W_dec[e].T).add_(const), c, 0)
+                torch.mm(x_e.T, dc, out=gW_enc[e])
+                torch.sum(dc, dim=0, out=gb_enc[e])
+                if gb_dec is not None:
+                    torch.sum(g, dim=0, out=gb_dec[e])
+            self.W_enc.grad, self.b_enc.grad, self.W_dec.grad = gW_enc, gb_enc, gW_dec
+            if gb_dec is not None:
+                self.b_dec.grad = gb_dec
             mse, l1 = torch.stack(mse_l), torch.stack(l1_l)
             if self.report_firing:
                 fired = torch.stack(fired_l)

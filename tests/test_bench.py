@@ -27,6 +27,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
         ("e2e.py", ["specs/toy_quick.yaml", "cache hit"]),
         ("stop_rule.py", ["MMCS at the end", "loss, window 2000", "mmcs_truth, window 500"]),
         ("grid.py", ["FLOP floor", "wall time", "converged", "full grid, projected"]),
+        ("subnormal.py", ["flush/keep", "subnormal exp_avg", "weights bit-identical  yes"]),
     ],
 )
 def test_benchmark_runs(script, expect):

@@ -263,7 +263,9 @@ def test_ensemble_bit_identical(kind, d, m, B, decoder_bias, threads):
                 assert [p[0] for p in curves[key]] == [p[e] for p in ens_curves[key]], (e, key)
 
 
-@pytest.mark.parametrize("d,m,B,decoder_bias", [(16, 32, 64, False), (16, 32, 64, True), (5, 11, 7, True)])
+@pytest.mark.parametrize(
+    "d,m,B,decoder_bias", [(16, 32, 64, False), (16, 32, 64, True), (5, 11, 7, True), (64, 1024, 16, True)]
+)
 def test_closed_form_gradients_match_autograd(d, m, B, decoder_bias):
     data, _ = planted_stream(d, 6, B, 1, seed=3)
     model = ReluL1.from_init("orthogonal", d, m, [0.1, 2.0], gens(0, 1), decoder_bias=decoder_bias)

@@ -1,5 +1,7 @@
 """The generic trainer's recipes (sae.recipes), stopping rule (sae.stopping) and member removal."""
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given
@@ -189,7 +191,9 @@ def test_decoder_norm_weighted_l1_hand_example():
     assert model.losses(x)["loss"].tolist() == [3.5]
 
 
-@pytest.mark.parametrize("d,m,B,decoder_bias", [(16, 32, 64, False), (16, 32, 64, True), (5, 11, 7, True)])
+@pytest.mark.parametrize(
+    "d,m,B,decoder_bias", [(16, 32, 64, False), (16, 32, 64, True), (5, 11, 7, True), (64, 1024, 16, True)]
+)
 def test_decoder_norm_weighted_l1_matches_autograd(d, m, B, decoder_bias):
     data, _ = planted_stream(d, 6, B, 1, seed=3)
     model = ReluL1.from_init("orthogonal", d, m, [0.1, 2.0], gens(0, 1), decoder_bias=decoder_bias, l1_weighting="decoder_norm", decoder_norm="free")
@@ -533,3 +537,35 @@ def test_per_member_batches_and_errors_follow_removals():
 
     with pytest.raises(FloatingPointError, match=r"member 2 .*step 12"):
         train_members(model, lambda s: per[s], 1e-2, stop=rule, stop_metric=metric_fn(), on_step=poison)
+
+
+# ----------------------------------------------------------------------------- subnormal moments
+def test_subnormal_adam_moments_are_flushed_without_changing_the_weights(monkeypatch):
+    """After the first step every gradient is 0 (zero inputs, no atom fires), so Adam's
+    first moments decay by 0.9 a step into the subnormal range (~800 steps); the trainer
+    flushes them to 0, and the weights are the bytes of a run that keeps them."""
+    sae_train = importlib.import_module("sae.train")  # (``sae.train`` the attribute is the function)
+    tiny = torch.finfo(torch.float32).tiny
+    data, _ = planted_stream(8, 4, 16, 1, seed=5)
+    batch = lambda s: data[0] if s == 0 else torch.zeros_like(data[0])  # noqa: E731
+    real = sae_train.flush_subnormal_moments_
+    runs = {}
+    for flush in (True, False):
+        seen = []
+
+        def spy(opt, flush=flush, seen=seen):
+            if flush:
+                real(opt)
+            seen[:] = [st[k].clone() for st in opt.state.values() for k in ("exp_avg", "exp_avg_sq")]
+
+        monkeypatch.setattr(sae_train, "flush_subnormal_moments_", spy)
+        model = ReluL1.from_init("orthogonal", 8, 12, [0.01, 0.1], gens(1, 2))
+        res = train_members(model, batch, 1e-3, steps=1200, options=Recipe())
+        runs[flush] = (res, seen)
+    kept = torch.cat([m.flatten() for m in runs[False][1]])
+    flushed = torch.cat([m.flatten() for m in runs[True][1]])
+    assert ((kept != 0) & (kept.abs() < tiny)).sum() > 0  # the case arises without the flush
+    assert ((flushed != 0) & (flushed.abs() < tiny)).sum() == 0
+    for e in range(2):
+        for k, v in runs[False][0].member_tensors(e).items():
+            assert torch.equal(v.view(torch.int32), runs[True][0].member_tensors(e)[k].view(torch.int32)), k

@@ -161,9 +161,9 @@ def train(
     one ``torch.optim.Adam(model.parameters(), lr)`` step (default betas and eps, no weight
     decay; with the default ``options`` a constant lr, no warm-up, no clipping), after which
     every ``FLUSH_EVERY`` (100) steps Adam's moment entries below the smallest normal float
-    are set to 0 (an atom that stopped firing would otherwise keep subnormal moments, slow on
-    CPUs; see ``flush_subnormal_moments_``); ``model.after_step_()`` (``relu_l1``: renormalise the
-    atoms); then ``on_step(t + 1)`` (the number of updates done) if given. ``options`` (a
+    are set to 0 (an atom that stopped firing would otherwise keep subnormal moments, slow
+    on CPUs; see ``flush_subnormal_moments_``); ``model.after_step_()`` (``relu_l1``:
+    renormalise the atoms); then ``on_step(t + 1)`` (the number of updates done) if given. ``options`` (a
     ``sae.recipes.Recipe``) switches on the recipes' trainer options, see there.
 
     Curves are recorded at ``curve_points(steps, curve_every)`` (0, every curve_every, and
@@ -420,9 +420,10 @@ def flush_subnormal_moments_(opt: torch.optim.Optimizer) -> None:
     weights come out bit-identical in practice (checked: the golden bundles; ``toy_vs_lm``'s
     toy cells of 1,024-2,048 atoms, 8,000-14,000 steps with up to two thirds of the atoms
     dead, train to the same bytes with a flush after every step as without it, and the whole
-    ``toy_vs_lm`` bundle is the same bytes flushing every step or every 100). ``torch.set_flush_denormal``
-    would do this for every op of the process, the LM's training and the user's own code
-    included, and so change results elsewhere; this flushes the optimizer's state only."""
+    ``toy_vs_lm`` bundle is the same bytes flushing every step or every 100).
+    ``torch.set_flush_denormal`` would do this for every op of the process, the LM's training
+    and the user's own code included, and so change results elsewhere; this flushes the
+    optimizer's state only."""
     for state in opt.state.values():
         for k in ("exp_avg", "exp_avg_sq"):
             t = state.get(k)
